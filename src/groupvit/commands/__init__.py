@@ -1,0 +1,1 @@
+"""Sub-commands of the ``groupvit`` command line (see :mod:`groupvit.cli`)."""

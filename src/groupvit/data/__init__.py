@@ -1,0 +1,1 @@
+"""Image transforms, datasets and data pipelines."""

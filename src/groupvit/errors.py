@@ -1,0 +1,17 @@
+"""Typed exceptions: every user-facing failure is one of these, with a one-line message."""
+
+
+class GroupViTError(Exception):
+    """Base class of every error this package raises on bad input."""
+
+
+class ConfigError(GroupViTError, ValueError):
+    """A configuration value or preset name is invalid."""
+
+
+class WeightsError(GroupViTError):
+    """A checkpoint is missing, corrupt, of an unknown format, or does not fit the model."""
+
+
+class InputError(GroupViTError, ValueError):
+    """An image, text or tensor argument has the wrong type, shape or content."""

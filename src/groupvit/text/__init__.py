@@ -1,0 +1,1 @@
+"""Tokenizer, prompt templates and noun extraction."""
