@@ -69,7 +69,7 @@ class VisionConfig:
                 f"num_output_groups needs one entry per stage with group tokens ({len(grouping)}), "
                 f"got {self.num_output_groups}"
             )
-        if any(self.width % h for h in self.num_heads):
+        if min(self.num_heads) < 1 or any(self.width % h for h in self.num_heads):
             raise ConfigError(f"width {self.width} must be divisible by every num_heads {self.num_heads}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")

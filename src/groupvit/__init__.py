@@ -1,0 +1,47 @@
+"""GroupViT: semantic segmentation emerging from text supervision (Xu et al., CVPR 2022).
+
+Public API::
+
+    model = groupvit.create_model("gcc-yfcc")                 # random weights, official architecture
+    model = groupvit.load_pretrained("group_vit_gcc_yfcc_30e-879422e0.pth")   # or a HF dir / hub id
+    tokens = groupvit.tokenize(["a photo of a cat."])          # LongTensor [B, 77]
+    image_embeds = model.encode_image(images)                  # [B, D], L2-normalised
+    text_embeds = model.encode_text(tokens)                    # [B, D]
+    model.save_pretrained("out_dir")                           # Hugging Face layout
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from groupvit.config import PRESETS, GroupViTConfig, TextConfig, VisionConfig, apply_overrides, get_config
+from groupvit.errors import ConfigError, GroupViTError, InputError, WeightsError
+from groupvit.model import GroupViT, ImageEncoding
+from groupvit.text.templates import TEMPLATES, get_templates
+from groupvit.text.tokenizer import Tokenizer, tokenize
+from groupvit.weights import load_pretrained, save_checkpoint, save_pretrained
+
+__version__ = "0.1.0"
+
+
+def create_model(preset_or_config: str | GroupViTConfig = "gcc-yfcc", **overrides: Any) -> GroupViT:
+    """Build a randomly initialised GroupViT (official initialisation).
+
+    Args:
+        preset_or_config: a preset name (``gcc-yfcc``, ``gcc-redcaps``, ``small``, ``tiny``) or a config.
+        **overrides: config fields; nested ones with ``__`` (``vision__depths=(2, 2, 1)``,
+            ``multi_label=0``).
+    """
+    config = get_config(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    if not isinstance(config, GroupViTConfig):
+        raise ConfigError(f"expected a preset name or GroupViTConfig, got {type(preset_or_config).__name__}")
+    if overrides:
+        config = apply_overrides(config, overrides)
+    return GroupViT(config)
+
+
+__all__ = [
+    "PRESETS", "TEMPLATES", "ConfigError", "GroupViT", "GroupViTConfig", "GroupViTError", "ImageEncoding", "InputError",
+    "TextConfig", "Tokenizer", "VisionConfig", "WeightsError", "create_model", "get_config", "load_pretrained",
+    "get_templates", "save_checkpoint", "save_pretrained", "tokenize",
+]

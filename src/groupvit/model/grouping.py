@@ -1,0 +1,115 @@
+"""The grouping block: image tokens are assigned to group tokens and merged into segment tokens."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from groupvit.model.layers import CrossAttentionBlock, Mlp, TokenMlp
+
+
+class Assignment(NamedTuple):
+    """Assignment of ``L`` input tokens to ``S`` groups, each ``[B, S, L]``.
+
+    ``soft`` is the noise-free softmax over the group axis (every column sums to 1); ``hard`` is
+    the assignment actually used to pool (one-hot per token when hard, Gumbel-perturbed in training).
+    """
+
+    soft: torch.Tensor
+    hard: torch.Tensor
+
+
+def straight_through_one_hot(y_soft: torch.Tensor, dim: int) -> torch.Tensor:
+    """One-hot of ``argmax(y_soft, dim)`` in the forward pass, gradient of ``y_soft`` backward."""
+    index = y_soft.argmax(dim, keepdim=True)
+    y_hard = torch.zeros_like(y_soft).scatter_(dim, index, 1.0)
+    return y_hard - y_soft.detach() + y_soft
+
+
+def sample_gumbel(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel(0, 1) noise of ``shape`` (same draw as ``torch.distributions.Gumbel``)."""
+    dist = torch.distributions.Gumbel(
+        torch.tensor(0.0, device=like.device, dtype=like.dtype),
+        torch.tensor(1.0, device=like.device, dtype=like.dtype),
+    )
+    return dist.sample(shape)
+
+
+class AssignAttention(nn.Module):
+    """Single-head assignment attention (official ``AssignAttention``).
+
+    Each image token distributes over the groups (softmax over the **group** axis); with hard
+    assignment it picks one group (straight-through one-hot; Gumbel noise in training only). Groups
+    then average the values of their tokens with denominator ``count + assign_eps`` (official 1).
+    """
+
+    def __init__(self, dim: int, hard: bool = True, gumbel: bool = True, gumbel_tau: float = 1.0,
+                 assign_eps: float = 1.0, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.scale = dim ** -0.5
+        self.hard = hard
+        self.gumbel = gumbel
+        self.gumbel_tau = gumbel_tau
+        self.assign_eps = assign_eps
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def logits(self, groups: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw assignment logits ``[B, S, L]`` of groups ``[B, S, C]`` and tokens ``[B, L, C]``."""
+        return (self.q_proj(groups) @ self.k_proj(tokens).transpose(1, 2)) * self.scale
+
+    def forward(self, groups: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, Assignment]:
+        """Pool ``tokens [B, L, C]`` into ``groups [B, S, C]``; returns ``([B, S, C], Assignment)``."""
+        raw = self.logits(groups, tokens)
+        soft = raw.softmax(dim=1)
+        if self.gumbel and self.training:
+            noisy = ((raw + sample_gumbel(raw.shape, raw)) / self.gumbel_tau).softmax(dim=1)
+            attn = straight_through_one_hot(noisy, dim=1) if self.hard else noisy
+        elif self.hard:
+            attn = straight_through_one_hot(soft, dim=1)
+        else:
+            attn = soft
+        pooled = (attn / (attn.sum(dim=-1, keepdim=True) + self.assign_eps)) @ self.v_proj(tokens)
+        return self.proj(pooled), Assignment(soft=soft, hard=attn)
+
+
+class GroupingBlock(nn.Module):
+    """Merges image tokens ``[B, L, C]`` into ``num_output_group`` segment tokens ``[B, S_out, C]``.
+
+    Official ``GroupingBlock`` (reference §1.6): LayerNorm both inputs; token-mixing MLP
+    ``S_in -> S_out`` over the group tokens + LayerNorm; a 6-head cross-attention block with post-norm
+    from the projected groups to the image tokens (absent from the paper, present in the released
+    model); the assignment attention; residual with the projected groups; channel MLP residual.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, num_group_token: int, num_output_group: int,
+        mlp_ratio: tuple[float, float] = (0.5, 4.0), hard: bool = True, gumbel: bool = True,
+        gumbel_tau: float = 1.0, assign_eps: float = 1.0, eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        tokens_dim, channels_dim = int(mlp_ratio[0] * dim), int(mlp_ratio[1] * dim)
+        self.norm_tokens = nn.LayerNorm(dim, eps=eps)
+        self.mlp_inter = TokenMlp(num_group_token, tokens_dim, num_output_group)
+        self.norm_post_tokens = nn.LayerNorm(dim, eps=eps)
+        self.norm_x = nn.LayerNorm(dim, eps=eps)
+        self.pre_assign_attn = CrossAttentionBlock(dim, num_heads, mlp_ratio=mlp_ratio[1], eps=eps)
+        self.assign = AssignAttention(dim, hard=hard, gumbel=gumbel, gumbel_tau=gumbel_tau,
+                                      assign_eps=assign_eps)
+        self.norm_new_x = nn.LayerNorm(dim, eps=eps)
+        self.mlp_channels = Mlp(dim, channels_dim, dim)
+
+    def forward(self, x: torch.Tensor, group_tokens: torch.Tensor) -> tuple[torch.Tensor, Assignment]:
+        """``x [B, L, C]``, ``group_tokens [B, S_in, C]`` -> ``([B, S_out, C], Assignment [B, S_out, L])``."""
+        group_tokens = self.norm_tokens(group_tokens)
+        x = self.norm_x(x)
+        projected = self.norm_post_tokens(self.mlp_inter(group_tokens))
+        projected = self.pre_assign_attn(projected, x)
+        new_x, assignment = self.assign(projected, x)
+        new_x = new_x + projected
+        return new_x + self.mlp_channels(self.norm_new_x(new_x)), assignment
+

@@ -1,0 +1,149 @@
+"""Reusable transformer layers: MLPs, stochastic depth, self- and cross-attention blocks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class QuickGELU(nn.Module):
+    """CLIP's GELU approximation ``x * sigmoid(1.702 x)`` (text tower)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Mlp(nn.Module):
+    """``fc2(act(fc1(x)))`` over the last axis: ``[..., in] -> [..., out]``."""
+
+    def __init__(
+        self, in_features: int, hidden_features: int, out_features: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class TokenMlp(Mlp):
+    """An :class:`Mlp` that mixes the token axis: ``[B, N_in, C] -> [B, N_out, C]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample with probability ``p`` in training."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused ``qkv`` projection: ``[B, N, C] -> [B, N, C]``.
+
+    Uses ``F.scaled_dot_product_attention`` (scale ``head_dim ** -0.5``); ``causal=True`` masks
+    every key after the query (text tower).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, is_causal=causal
+        )
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries ``[B, S, C]`` over keys/values ``[B, L, C]`` -> ``[B, S, C]``."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        B, S, C = query.shape
+        L = key.shape[1]
+        h, d = self.num_heads, C // self.num_heads
+        q = self.q_proj(query).view(B, S, h, d).transpose(1, 2)
+        k = self.k_proj(key).view(B, L, h, d).transpose(1, 2)
+        v = self.v_proj(key).view(B, L, h, d).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, S, C))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block ``x + DropPath(attn(norm1(x)))`` then ``x + DropPath(mlp(norm2(x)))``.
+
+    Shape ``[B, N, C] -> [B, N, C]``. The vision tower uses exact GELU; the text tower QuickGELU
+    and a causal mask.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+        drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU, eps: float = 1e-5, causal: bool = False,
+    ) -> None:
+        super().__init__()
+        self.causal = causal
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), causal=self.causal))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Cross-attention block with post-norm (the grouping block's ``pre_assign_attn``).
+
+    ``q = q + attn(q, x)``; ``q = q + mlp(norm2(q))``; ``q = norm_post(q)``. No norm on the inputs:
+    they are already normalised by the grouping block. ``[B, S, C], [B, L, C] -> [B, S, C]``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 eps: float = 1e-5) -> None:
+        super().__init__()
+        self.attn = CrossAttention(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm_post = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        x = query + self.attn(query, key)
+        x = x + self.mlp(self.norm2(x))
+        return self.norm_post(x)
