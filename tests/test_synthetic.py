@@ -1,0 +1,464 @@
+"""Synthetic captioned scenes: rendering, labels, splits, captions, writers and the ``synth`` command."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from groupvit.commands import synth as synth_command
+from groupvit.data.synthetic import (
+    BACKGROUNDS,
+    COLOURS,
+    HELDOUT_COMBINATIONS,
+    SHAPES,
+    STUFF_AND_THING_CLASSES,
+    THING_CLASSES,
+    SceneGenerator,
+    SceneObject,
+    background_texture,
+    render_scene,
+    shape_mask,
+    voc_palette,
+    write_shards,
+    write_voc_scenes,
+)
+from groupvit.data.synthetic_captions import (
+    article,
+    build_caption,
+    direction_between,
+    plural,
+    region_of,
+)
+from groupvit.errors import ConfigError, InputError
+
+
+def shape_word(shape: str, caption: str) -> bool:
+    return re.search(rf"\b{shape}(s|es)?\b", caption) is not None
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list:
+    generator = SceneGenerator(image_size=96, seed=0)
+    return list(generator.iter_scenes(0, 150))
+
+
+# --------------------------------------------------------------------------- vocabularies
+
+
+def test_vocabularies_and_heldout_pairs():
+    assert len(SHAPES) >= 8 and len(COLOURS) >= 8 and len(BACKGROUNDS) >= 5
+    assert THING_CLASSES == ("background", *SHAPES)
+    assert STUFF_AND_THING_CLASSES == (*SHAPES, *BACKGROUNDS)
+    pairs = len(SHAPES) * len(COLOURS)
+    assert 0.05 * pairs <= len(HELDOUT_COMBINATIONS) <= 0.15 * pairs
+    # Every colour and every shape still has seen pairs: at most one held-out pair uses each.
+    colours = [c for c, _ in HELDOUT_COMBINATIONS]
+    shapes = [s for _, s in HELDOUT_COMBINATIONS]
+    assert len(set(colours)) == len(colours) and len(set(shapes)) == len(shapes)
+    assert set(colours) <= set(COLOURS) and set(shapes) <= set(SHAPES)
+
+
+def test_voc_palette_matches_the_voc_colour_map():
+    palette = voc_palette()
+    assert len(palette) == 768
+    assert palette[0:3] == [0, 0, 0]
+    assert palette[3:6] == [128, 0, 0]
+    assert palette[6:9] == [0, 128, 0]
+    assert palette[15 * 3 : 16 * 3] == [192, 128, 128]  # VOC "person"
+    assert palette[255 * 3 :] == [224, 224, 192]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shape_covers_its_centre_and_stays_inside_its_circle(shape):
+    obj = SceneObject("red", shape, (50.0, 50.0), 40.0, angle=0.3)
+    (rows, cols), mask = shape_mask(obj, 100)
+    ys, xs = np.nonzero(mask)
+    ys, xs = ys + rows.start + 0.5, xs + cols.start + 0.5
+    assert mask[50 - rows.start, 50 - cols.start]
+    assert np.hypot(xs - 50, ys - 50).max() <= 20 * 1.05
+    # Each shape fills a sizeable part of its circle, so small objects stay recognisable.
+    assert 0.3 < mask.sum() / (np.pi * 20**2) <= 1.02
+
+
+def test_shape_areas_match_geometry():
+    circle = shape_mask(SceneObject("red", "circle", (64.0, 64.0), 80.0), 128)[1]
+    assert abs(circle.sum() - np.pi * 40**2) / (np.pi * 40**2) < 0.01
+    square = shape_mask(SceneObject("red", "square", (64.0, 64.0), 80.0), 128)[1]
+    assert abs(square.sum() - (0.72 * 80) ** 2) / (0.72 * 80) ** 2 < 0.03
+    # A square turned by 90 degrees covers the same pixels.
+    turned = shape_mask(SceneObject("red", "square", (64.0, 64.0), 80.0, angle=np.pi / 2), 128)[1]
+    assert (turned == square).mean() > 0.995
+
+
+def test_textures_are_textured_and_far_from_object_colours():
+    colours = np.array(list(COLOURS.values()), dtype=np.float64)
+    for name in BACKGROUNDS:
+        for seed in range(4):
+            texture = background_texture(name, 96, np.random.default_rng(seed))
+            assert texture.shape == (96, 96, 3) and texture.dtype == np.uint8
+            luminance = texture.astype(np.float64).mean(-1)
+            assert luminance.std() > 6, name
+            pixels = texture.reshape(-1, 3).astype(np.float64)
+            distance = np.abs(pixels[:, None, :] - colours[None]).sum(-1)
+            assert distance.min() > 60, name
+
+
+def test_scene_arrays_and_deterministic_generation():
+    generator = SceneGenerator(image_size=128, seed=7)
+    first, again = generator.sample(3), SceneGenerator(image_size=128, seed=7).sample(3)
+    assert first.image.shape == (128, 128, 3) and first.image.dtype == np.uint8
+    for array in (first.labels, first.stuff_labels, first.instances):
+        assert array.shape == (128, 128) and array.dtype == np.uint8
+    np.testing.assert_array_equal(first.image, again.image)
+    np.testing.assert_array_equal(first.labels, again.labels)
+    assert first.caption == again.caption and first.objects == again.objects
+    other = generator.sample(4)
+    assert not np.array_equal(first.image, other.image)
+    assert not np.array_equal(first.image, SceneGenerator(image_size=128, seed=8).sample(3).image)
+    big = SceneGenerator(image_size=256).sample(0)
+    assert big.image.shape == (256, 256, 3)
+
+
+def test_labels_agree_with_the_drawn_image(scenes):
+    for scene in scenes:
+        assert 1 <= len(scene.objects) <= 4
+        bg_id = len(SHAPES) + BACKGROUNDS.index(scene.background)
+        np.testing.assert_array_equal(scene.labels > 0, scene.instances > 0)
+        expected_stuff = np.where(scene.labels > 0, scene.labels.astype(int) - 1, bg_id)
+        np.testing.assert_array_equal(scene.stuff_labels, expected_stuff)
+        for k, obj in enumerate(scene.objects, start=1):
+            region = scene.instances == k
+            assert region.sum() == obj.area > 0
+            assert np.all(scene.labels[region] == SHAPES.index(obj.shape) + 1)
+            mean = scene.image[region].astype(np.float64).mean(0)
+            assert np.abs(mean - COLOURS[obj.colour]).max() <= 12.5, (obj, mean)
+            ys, xs = np.nonzero(region)
+            assert obj.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_objects_stay_at_least_half_visible_and_sized(scenes):
+    for scene in scenes:
+        side = scene.image.shape[0]
+        for obj in scene.objects:
+            assert 0.15 * side <= obj.size <= 0.45 * side
+            full = shape_mask(obj, side)[1].sum()
+            assert obj.area >= 0.5 * full
+
+
+def test_occlusion_paints_later_objects_over_earlier_ones():
+    hidden = SceneObject("red", "circle", (64.0, 64.0), 20.0)
+    partly = SceneObject("green", "star", (30.0, 40.0), 40.0)
+    cover = SceneObject("blue", "square", (64.0, 64.0), 80.0)
+    scene = render_scene([hidden, partly, cover], "grass", image_size=128, seed=0)
+    circle, star, square = scene.objects
+    assert circle.area == 0 and circle.box is None
+    assert not np.any(scene.labels == SHAPES.index("circle") + 1)
+    assert not shape_word("circle", scene.caption)
+    # The star loses exactly the pixels the square paints over it.
+    (sr, sc), star_mask = shape_mask(partly, 128)
+    star_full = np.zeros((128, 128), dtype=bool)
+    star_full[sr, sc] = star_mask
+    (qr, qc), square_mask = shape_mask(cover, 128)
+    square_full = np.zeros((128, 128), dtype=bool)
+    square_full[qr, qc] = square_mask
+    assert 0 < star.area == (star_full & ~square_full).sum() < star_full.sum()
+    assert square.area == square_full.sum()
+    assert np.all(scene.image[square_full] == COLOURS["blue"])
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_heldout_pairs_never_appear_in_training():
+    generator = SceneGenerator(image_size=48, seed=0, split="train")
+    seen = set()
+    for scene in generator.iter_scenes(0, 2000):
+        for obj in scene.objects:
+            assert not obj.heldout, (scene.index, obj)
+            seen.add((obj.colour, obj.shape))
+    assert len(seen) == len(COLOURS) * len(SHAPES) - len(HELDOUT_COMBINATIONS)
+
+
+def test_evaluation_splits():
+    heldout = SceneGenerator(image_size=48, seed=1, split="eval-heldout")
+    for scene in heldout.iter_scenes(0, 200):
+        assert any(obj.heldout and obj.area > 0 for obj in scene.objects), scene.index
+    seen = SceneGenerator(image_size=48, seed=1, split="eval-seen")
+    assert not any(obj.heldout for scene in seen.iter_scenes(0, 200) for obj in scene.objects)
+    every = SceneGenerator(image_size=48, seed=1, split="eval-all")
+    assert any(obj.heldout for scene in every.iter_scenes(0, 200) for obj in scene.objects)
+    # Splits draw different scenes from the same seed and index.
+    assert not np.array_equal(heldout.sample(0).image, seen.sample(0).image)
+
+
+def test_generator_rejects_bad_settings():
+    with pytest.raises(ConfigError):
+        SceneGenerator(split="test")
+    with pytest.raises(ConfigError):
+        SceneGenerator(image_size=16)
+    with pytest.raises(ConfigError):
+        SceneGenerator(min_objects=3, max_objects=2)
+    with pytest.raises(ConfigError):
+        SceneGenerator(caption_drop_rate=1.0)
+    with pytest.raises(InputError):
+        SceneGenerator().sample(-1)
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def test_captions_name_every_visible_mentioned_shape(scenes):
+    for scene in scenes:
+        mentioned = [obj for obj in scene.objects if obj.mentioned]
+        assert mentioned, scene.index
+        for obj in mentioned:
+            assert shape_word(obj.shape, scene.caption), (scene.caption, obj)
+        assert re.fullmatch(r"[a-z ,.]+", scene.caption), scene.caption
+
+
+def test_caption_drop_rate_is_about_the_requested_rate():
+    generator = SceneGenerator(image_size=48, seed=0, caption_drop_rate=0.05)
+    flags = [obj.mentioned for scene in generator.iter_scenes(0, 1500) for obj in scene.objects]
+    assert 0.03 < 1 - np.mean(flags) < 0.07
+    exhaustive = SceneGenerator(image_size=48, seed=0, caption_drop_rate=0.0)
+    assert all(obj.mentioned for scene in exhaustive.iter_scenes(0, 100) for obj in scene.objects)
+
+
+def test_captions_are_varied(scenes):
+    captions = [scene.caption for scene in scenes]
+    assert len(set(captions)) > 0.9 * len(captions)
+    text = " ".join(captions)
+    for word in ("photo", "there", "left", "right", "two"):
+        assert word in text
+    assert any(bg in text for bg in BACKGROUNDS) and any(
+        not any(b in c for b in BACKGROUNDS) for c in captions
+    )
+
+
+def obj(colour: str, shape: str, x: float, y: float) -> SceneObject:
+    return SceneObject(colour, shape, (x, y), 30.0)
+
+
+def test_caption_counts_and_plurals():
+    objects = [obj("red", "circle", 20, 64), obj("red", "circle", 40, 30), obj("blue", "cross", 100, 64)]
+    rng = np.random.default_rng(0)
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        caption = build_caption(objects, "sand", 128, rng, form="list", use_colour=True, name_background=True)
+        assert "two red circles" in caption and re.search(r"\b(a|one) blue cross\b", caption), caption
+        assert "sand" in caption
+        caption = build_caption(
+            objects, "sand", 128, rng, form="there", use_colour=False, name_background=False
+        )
+        assert "two circles" in caption and re.search(r"\b(a|one) cross\b", caption), caption
+        assert "red" not in caption and "sand" not in caption
+    same_shape = [obj("red", "star", 20, 20), obj("blue", "star", 100, 100), obj("green", "star", 60, 60)]
+    caption = build_caption(
+        same_shape, "sky", 128, rng, form="photo", use_colour=False, name_background=False
+    )
+    assert "three stars" in caption
+    assert plural("cross") == "crosses" and plural("hexagon") == "hexagons"
+    assert article("orange") == "an" and article("red") == "a"
+
+
+def test_caption_relations_follow_positions():
+    left, right = obj("red", "circle", 20, 64), obj("blue", "star", 100, 64)
+    allowed = {
+        "a red circle to the left of a blue star",
+        "a red circle left of a blue star",
+        "a blue star to the right of a red circle",
+        "a blue star right of a red circle",
+        "a red circle next to a blue star",
+        "a red circle beside a blue star",
+        "a blue star next to a red circle",
+        "a blue star beside a red circle",
+    }
+    found = set()
+    for seed in range(40):
+        caption = build_caption(
+            [left, right],
+            "grass",
+            128,
+            np.random.default_rng(seed),
+            form="relation",
+            use_colour=True,
+            name_background=False,
+        )
+        core = re.sub(r"^(a photo of |there is )|\.$", "", caption.replace(" one ", " a ")).replace(
+            "one ", "a "
+        )
+        assert core in allowed, caption
+        found.add(core)
+    assert any("left" in c for c in found) and any("right" in c for c in found)
+
+    top, bottom = obj("red", "circle", 64, 15), obj("blue", "star", 60, 110)
+    for seed in range(20):
+        caption = build_caption([top, bottom], "grass", 128, np.random.default_rng(seed), form="relation")
+        assert re.search(
+            r"circle above (a|one) (blue )?star|star (below|under) (a|one) (red )?circle", caption
+        )
+    # Diagonal and far apart: no direction holds for the pair and they are not near.
+    with pytest.raises(InputError):
+        build_caption(
+            [obj("red", "circle", 5, 5), obj("blue", "star", 123, 123)],
+            "sky",
+            128,
+            np.random.default_rng(0),
+            form="relation",
+        )
+    # A group relation must hold for every member.
+    pair = [obj("red", "circle", 10, 60), obj("red", "circle", 25, 70)]
+    assert direction_between(pair, [obj("blue", "star", 110, 64)], 128) == "left"
+    assert (
+        direction_between(pair + [obj("red", "circle", 120, 60)], [obj("blue", "star", 110, 64)], 128) is None
+    )
+
+
+def test_caption_positions_follow_positions():
+    assert region_of((10, 64), 128) == (1, 0)
+    assert region_of((64, 64), 128) == (1, 1)
+    assert region_of((120, 5), 128) == (0, 2)
+    cases = {
+        (10, 64): r"on the left( side)?",
+        (64, 10): r"(at|near) the top",
+        (118, 118): r"in the (bottom|lower) right corner",
+        (64, 64): r"in the (center|middle)",
+    }
+    for (x, y), pattern in cases.items():
+        for seed in range(5):
+            caption = build_caption(
+                [obj("purple", "hexagon", x, y)], "brick", 128, np.random.default_rng(seed), form="position"
+            )
+            assert re.search(rf"hexagon {pattern}\b", caption), caption
+    with pytest.raises(InputError):  # two circles in different regions have no single position
+        build_caption(
+            [obj("red", "circle", 5, 5), obj("red", "circle", 120, 120)],
+            "sky",
+            128,
+            np.random.default_rng(0),
+            form="position",
+            use_colour=True,
+        )
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def test_shards_round_trip(tmp_path):
+    paths = write_shards(tmp_path / "shards", 25, 10, seed=3, image_size=48, progress=False)
+    assert [p.name for p in paths] == ["synth-000000.tar", "synth-000001.tar", "synth-000002.tar"]
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [p.name for p in paths]
+    generator = SceneGenerator(image_size=48, seed=3)
+    keys = []
+    for path in paths:
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+            shard_keys = sorted({name.split(".")[0] for name in names})
+            assert sorted(names) == sorted(
+                [f"{k}.png" for k in shard_keys] + [f"{k}.txt" for k in shard_keys]
+            )
+            for key in shard_keys:
+                scene = generator.sample(int(key))
+                image = np.array(Image.open(io.BytesIO(tar.extractfile(f"{key}.png").read())))
+                np.testing.assert_array_equal(image, scene.image)
+                assert tar.extractfile(f"{key}.txt").read().decode() == scene.caption
+            keys += shard_keys
+    assert keys == [f"{i:09d}" for i in range(25)]
+
+
+def test_shards_read_with_webdataset_and_parallel_writes_match(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    serial = write_shards(tmp_path / "a", 12, 5, seed=0, image_size=48, progress=False)
+    parallel = write_shards(tmp_path / "b", 12, 5, seed=0, image_size=48, workers=2, progress=False)
+    assert [p.read_bytes() for p in serial] == [p.read_bytes() for p in parallel]
+    dataset = (
+        wds.WebDataset([str(p) for p in serial], shardshuffle=False).decode("rgb8").to_tuple("__key__", "txt")
+    )
+    assert [key for key, _ in dataset] == [f"{i:09d}" for i in range(12)]
+
+
+def test_voc_layout_round_trips(tmp_path):
+    root = write_voc_scenes(tmp_path / "voc", 4, seed=2, split="eval-heldout", image_size=64, progress=False)
+    voc = root / "VOC2012"
+    ids = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert ids == [f"heldout_{i:06d}" for i in range(4)]
+    classes = json.loads((root / "classes.json").read_text())
+    assert classes["classes"] == list(THING_CLASSES) and classes["background"] is True
+    stuff = json.loads((root / "classes_stuff.json").read_text())
+    assert stuff["classes"] == list(STUFF_AND_THING_CLASSES) and stuff["background"] is False
+    captions = json.loads((root / "captions.json").read_text())
+    objects = json.loads((root / "objects.json").read_text())
+    generator = SceneGenerator(image_size=64, seed=2, split="eval-heldout", caption_drop_rate=0.0)
+    for index, scene_id in enumerate(ids):
+        scene = generator.sample(index)
+        label = Image.open(voc / "SegmentationClass" / f"{scene_id}.png")
+        assert label.mode == "P" and label.getpalette()[3:6] == [128, 0, 0]
+        np.testing.assert_array_equal(np.array(label), scene.labels)
+        np.testing.assert_array_equal(
+            np.array(Image.open(voc / "SegmentationClassStuff" / f"{scene_id}.png")), scene.stuff_labels
+        )
+        image = np.array(Image.open(voc / "JPEGImages" / f"{scene_id}.jpg").convert("RGB"))
+        assert image.shape == (64, 64, 3)
+        assert np.abs(image.astype(int) - scene.image).mean() < 6
+        assert captions[scene_id] == scene.caption
+        assert any(o["heldout"] for o in objects[scene_id])
+
+
+# --------------------------------------------------------------------------- command
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    synth_command.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_command_writes_shards_and_voc(tmp_path, capsys):
+    assert (
+        synth_command.run(
+            parse(
+                ["train", str(tmp_path / "t"), "--num", "7", "--shard-size", "3", "--size", "48", "--quiet"]
+            )
+        )
+        == 0
+    )
+    assert "synth-{000000..000002}.tar" in capsys.readouterr().out
+    assert len(list((tmp_path / "t").glob("*.tar"))) == 3
+    assert (
+        synth_command.run(
+            parse(["eval", str(tmp_path / "e"), "--num", "2", "--split", "seen", "--size", "48", "--quiet"])
+        )
+        == 0
+    )
+    assert str(tmp_path / "e") in capsys.readouterr().out
+    assert (tmp_path / "e/VOC2012/ImageSets/Segmentation/val.txt").read_text().split() == [
+        "seen_000000",
+        "seen_000001",
+    ]
+
+
+def test_command_rejects_bad_arguments(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    bad = [
+        ["train", str(tmp_path / "t"), "--num", "-5"],
+        ["eval", str(tmp_path / "e"), "--num", "0"],
+        ["train", str(tmp_path / "t"), "--num", "5", "--shard-size", "0"],
+        ["train", str(tmp_path / "t"), "--num", "5", "--size", "16"],
+        ["train", str(blocker / "out"), "--num", "5", "--quiet"],
+        ["eval", str(blocker / "out"), "--num", "5", "--quiet"],
+    ]
+    for argv in bad:
+        with pytest.raises(InputError):
+            synth_command.run(parse(argv))
+    assert not (tmp_path / "t").exists() and not (tmp_path / "e").exists()
