@@ -16,6 +16,7 @@ from groupvit.errors import GroupViTError
 # Command name -> module implementing it (imported only when that command runs).
 COMMANDS: dict[str, str] = {
     "convert": "groupvit.commands.convert",
+    "synth": "groupvit.commands.synth",
 }
 
 
