@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from groupvit.model.layers import CrossAttentionBlock, Mlp, TokenMlp
+from groupvit.model.layers import CrossAttentionBlock, FusedLinear, Mlp, TokenMlp
 
 
 class Assignment(NamedTuple):
@@ -60,11 +60,21 @@ class AssignAttention(nn.Module):
 
     def logits(self, groups: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Raw assignment logits ``[B, S, L]`` of groups ``[B, S, C]`` and tokens ``[B, L, C]``."""
-        return (self.q_proj(groups) @ self.k_proj(tokens).transpose(1, 2)) * self.scale
+        return self.logits_projected(groups, self.k_proj(tokens))
+
+    def logits_projected(self, groups: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """:meth:`logits` with the tokens' keys ``k = k_proj(tokens) [B, L, C]`` already computed."""
+        return (self.q_proj(groups) @ k.transpose(1, 2)) * self.scale
 
     def forward(self, groups: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, Assignment]:
         """Pool ``tokens [B, L, C]`` into ``groups [B, S, C]``; returns ``([B, S, C], Assignment)``."""
-        raw = self.logits(groups, tokens)
+        return self.assign_projected(groups, self.k_proj(tokens), self.v_proj(tokens))
+
+    def assign_projected(
+        self, groups: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, Assignment]:
+        """:meth:`forward` with ``k = k_proj(tokens)``, ``v = v_proj(tokens)`` ``[B, L, C]`` already computed."""
+        raw = self.logits_projected(groups, k)
         soft = raw.softmax(dim=1)
         if self.gumbel and self.training:
             noisy = ((raw + sample_gumbel(raw.shape, raw)) / self.gumbel_tau).softmax(dim=1)
@@ -73,7 +83,7 @@ class AssignAttention(nn.Module):
             attn = straight_through_one_hot(soft, dim=1)
         else:
             attn = soft
-        pooled = (attn / (attn.sum(dim=-1, keepdim=True) + self.assign_eps)) @ self.v_proj(tokens)
+        pooled = (attn / (attn.sum(dim=-1, keepdim=True) + self.assign_eps)) @ v
         return self.proj(pooled), Assignment(soft=soft, hard=attn)
 
 
@@ -102,14 +112,20 @@ class GroupingBlock(nn.Module):
                                       assign_eps=assign_eps)
         self.norm_new_x = nn.LayerNorm(dim, eps=eps)
         self.mlp_channels = Mlp(dim, channels_dim, dim)
+        # The cross-attention and the assignment both read the normalised image tokens: their four
+        # projections (attention k, v; assignment k, v) run as one matrix multiply.
+        self.token_proj = FusedLinear([
+            self.pre_assign_attn.attn.k_proj, self.pre_assign_attn.attn.v_proj, self.assign.k_proj, self.assign.v_proj,
+        ])
 
     def forward(self, x: torch.Tensor, group_tokens: torch.Tensor) -> tuple[torch.Tensor, Assignment]:
         """``x [B, L, C]``, ``group_tokens [B, S_in, C]`` -> ``([B, S_out, C], Assignment [B, S_out, L])``."""
         group_tokens = self.norm_tokens(group_tokens)
         x = self.norm_x(x)
         projected = self.norm_post_tokens(self.mlp_inter(group_tokens))
-        projected = self.pre_assign_attn(projected, x)
-        new_x, assignment = self.assign(projected, x)
+        attn_k, attn_v, assign_k, assign_v = self.token_proj(x).chunk(4, dim=-1)
+        projected = self.pre_assign_attn.attend(projected, attn_k, attn_v)
+        new_x, assignment = self.assign.assign_projected(projected, assign_k, assign_v)
         new_x = new_x + projected
         return new_x + self.mlp_channels(self.norm_new_x(new_x)), assignment
 

@@ -2,9 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class FusedLinear(nn.Module):
+    """Runs several ``nn.Linear`` layers that read the same input as one matrix multiply.
+
+    ``[..., in] -> [..., sum(out_i)]``, the outputs concatenated in the order of ``layers``. The layers
+    keep their own parameters (and state-dict keys); the concatenated weight is rebuilt on every call
+    while gradients are recorded and cached otherwise, the cache following in-place updates of the
+    parameters through their version counters.
+    """
+
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        if len({layer.bias is None for layer in layers}) > 1:
+            raise ValueError("FusedLinear needs all layers with a bias or all without")
+        # A plain list: the layers are registered by their owners, not here (no duplicate state-dict keys).
+        self._layers = list(layers)
+        self._cache: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
+
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # While recording gradients the concatenation must be part of the graph; a cached tensor
+        # (possibly made under inference mode) could not be saved for backward.
+        if torch.is_grad_enabled():
+            return self._concat()
+        key = tuple(
+            (p.data_ptr(), p._version, p.dtype, p.device)
+            for layer in self._layers for p in (layer.weight, layer.bias) if p is not None
+        )
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, *self._concat())
+        return self._cache[1], self._cache[2]
+
+    def _concat(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = torch.cat([layer.weight for layer in self._layers])
+        biases = [layer.bias for layer in self._layers]
+        bias = None if biases[0] is None else torch.cat(biases)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self._weights()
+        return F.linear(x, weight, bias)
 
 
 class QuickGELU(nn.Module):
@@ -91,16 +134,22 @@ class CrossAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.kv_proj = FusedLinear([self.k_proj, self.v_proj])
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of ``query [B, S, C]`` over already projected ``k, v [B, L, C]`` -> ``[B, S, C]``."""
         B, S, C = query.shape
-        L = key.shape[1]
+        L = k.shape[1]
         h, d = self.num_heads, C // self.num_heads
         q = self.q_proj(query).view(B, S, h, d).transpose(1, 2)
-        k = self.k_proj(key).view(B, L, h, d).transpose(1, 2)
-        v = self.v_proj(key).view(B, L, h, d).transpose(1, 2)
+        k = k.reshape(B, L, h, d).transpose(1, 2)
+        v = v.reshape(B, L, h, d).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, S, C))
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        k, v = self.kv_proj(key).chunk(2, dim=-1)
+        return self.attend(query, k, v)
 
 
 class TransformerBlock(nn.Module):
@@ -143,7 +192,12 @@ class CrossAttentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm_post = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        x = query + self.attn(query, key)
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The block with keys/values already projected by ``attn.k_proj`` / ``attn.v_proj``: ``[B, L, C]``."""
+        x = query + self.attn.attend(query, k, v)
         x = x + self.mlp(self.norm2(x))
         return self.norm_post(x)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        k, v = self.attn.kv_proj(key).chunk(2, dim=-1)
+        return self.attend(query, k, v)
