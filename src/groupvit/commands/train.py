@@ -1,0 +1,36 @@
+"""``groupvit train --config FILE [key=value ...] [--resume auto|PATH] [--output DIR]``.
+
+Runs in one process, or one process per GPU under ``torchrun --nproc_per_node N -m groupvit.cli train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train GroupViT on image-caption data (one process, or one per GPU under torchrun)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="training config YAML (e.g. configs/gcc-yfcc.yaml)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="dotted config overrides, values read as YAML (e.g. train.epochs=10 model.vision.gumbel=false)",
+    )
+    parser.add_argument(
+        "--resume", default=None, metavar="auto|PATH",
+        help="continue a run: 'auto' picks latest.pt in the output directory if present, or give a checkpoint",
+    )
+    parser.add_argument("--output", default=None, metavar="DIR", help="output directory (overrides train.output)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from groupvit.train.config import load_config
+    from groupvit.train.trainer import Trainer
+
+    overrides = list(args.overrides)
+    if args.output is not None:
+        overrides.append(f"train.output={args.output}")
+    result = Trainer(load_config(args.config, overrides)).fit(resume=args.resume)
+    if result.checkpoint is not None:
+        print(f"trained {result.step} steps; checkpoint {result.checkpoint}")
+    return 0

@@ -1,0 +1,198 @@
+"""GroupViT's training losses: image-text contrastive and multi-label (noun prompt) contrastive.
+
+Distributed layout (official ``dist_collect`` + per-rank loss), with ``W`` ranks of ``B`` samples:
+
+* **What is gathered**: image embeddings ``[B, D]`` and text embeddings ``[B, 1+K, D]`` (caption and
+  ``K`` prompts) of every rank, with :func:`gather_with_grad`, concatenated in rank order into
+  ``[W*B, ...]``. Row ``r*B + b`` of a gathered tensor is sample ``b`` of rank ``r``.
+* **Local rows, global columns**: each rank scores only its own ``B`` images (and ``B`` captions,
+  ``B*K`` prompts) against all gathered columns, so its targets sit at column offset ``rank*B``.
+  Each loss is a mean over the local rows; the global loss is the mean over ranks.
+* **Where gradients flow**: the gather is differentiable (``torch.distributed.nn.functional.all_gather``):
+  its backward sums, over ranks, the gradients every rank computed for a slice and hands rank ``r``
+  the total for its own slice. Local features therefore receive the gradient of the *sum* of all
+  ranks' losses, both through the rows they own and through the columns other ranks used; DDP's
+  gradient averaging then turns this into the gradient of the mean loss, the same value one
+  process computes on the concatenated batch.
+
+Single process (no process group): ``W = 1``, rank 0, the gather is the identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed.nn.functional as dist_nn
+import torch.nn.functional as F
+from torch import nn
+
+from groupvit.errors import InputError
+from groupvit.model import GroupViT
+from groupvit.train.distributed import rank, world
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``x [B, ...]`` concatenated in rank order: ``[W*B, ...]``, differentiable.
+
+    Every rank must pass the same shape. The identity in a single process.
+    """
+    if world() == 1:
+        return x
+    return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0)
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``mean_rows( sum_cols( -targets * log_softmax(logits) ) )`` for ``logits, targets [N, M]``."""
+    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def contrastive_labels(batch: int, rank: int, device: torch.device | None = None) -> torch.Tensor:
+    """Column of each local row's positive among the gathered columns: ``arange(batch) + batch*rank``."""
+    return torch.arange(batch, device=device) + batch * rank
+
+
+def image_text_loss(
+    image: torch.Tensor, text: torch.Tensor, all_image: torch.Tensor, all_text: torch.Tensor,
+    scale: torch.Tensor, rank: int,
+) -> torch.Tensor:
+    """Official image-text contrastive loss of one rank (section 2.2 of the reference).
+
+    Args:
+        image, text: local L2-normalised embeddings ``[B, D]`` (text = captions).
+        all_image, all_text: the gathered ones ``[W*B, D]`` (rank-major).
+        scale: clamped temperature ``min(exp(logit_scale), 100)``, a 0-dim tensor.
+        rank: this process's rank (labels are offset by ``B*rank``).
+
+    Returns ``0.5 * (CE(s * image @ all_text.T, y) + CE(s * text @ all_image.T, y))`` with
+    ``y = arange(B) + B*rank``, CE a mean over the ``B`` local rows.
+    """
+    labels = contrastive_labels(image.shape[0], rank, image.device)
+    logits_per_image = scale * image @ all_text.t()
+    logits_per_text = scale * text @ all_image.t()
+    return 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels))
+
+
+def multi_label_targets(
+    batch: int, k: int, rank: int, world_size: int, device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft targets of the multi-label loss for one rank.
+
+    Gathered prompts are flattened as ``(w, b, k)``: column ``(w*B + b)*K + k`` is prompt ``k`` of
+    sample ``b`` of rank ``w``.
+
+    Returns:
+        image_targets ``[B, W*B*K]``: ``1/K`` on the image's own ``K`` prompts, 0 elsewhere (other
+            images' prompts are negatives even when their words are the same).
+        text_targets ``[B*K, W*B]``: 1 on the prompt's own image (row ``b*K + k`` -> column
+            ``rank*B + b``).
+    """
+    own = torch.arange(batch, device=device) + batch * rank  # [B], gathered index of each local sample
+    image_targets = torch.zeros(batch, world_size * batch * k, device=device, dtype=dtype)
+    columns = own[:, None] * k + torch.arange(k, device=device)[None, :]  # [B, K]
+    image_targets.scatter_(1, columns, 1.0 / k)
+    text_targets = torch.zeros(batch * k, world_size * batch, device=device, dtype=dtype)
+    text_targets.scatter_(1, own.repeat_interleave(k)[:, None], 1.0)
+    return image_targets, text_targets
+
+
+def multi_label_loss(
+    image: torch.Tensor, prompts: torch.Tensor, all_image: torch.Tensor, all_prompts: torch.Tensor,
+    scale: torch.Tensor, rank: int, world_size: int,
+) -> torch.Tensor:
+    """Official multi-label contrastive loss of one rank (section 2.3 of the reference).
+
+    Args:
+        image: local L2-normalised image embeddings ``[B, D]``.
+        prompts: local L2-normalised prompt embeddings ``[B, K, D]``.
+        all_image: gathered images ``[W*B, D]``; all_prompts: gathered prompts ``[W*B, K, D]``.
+        scale: the multi-label temperature (clamped), 0-dim.
+
+    Image side: ``B`` rows against all ``W*B*K`` prompts, soft target ``1/K`` on the own prompts.
+    Text side: ``B*K`` local prompts against the ``W*B`` images, target 1 on the own image.
+    Returns ``0.5 * (SoftCE(image side) + SoftCE(text side))``.
+    """
+    batch, k, dim = prompts.shape
+    image_targets, text_targets = multi_label_targets(batch, k, rank, world_size, image.device, image.dtype)
+    logits_image = scale * image @ all_prompts.reshape(-1, dim).t()  # [B, W*B*K]
+    logits_text = scale * prompts.reshape(-1, dim) @ all_image.t()  # [B*K, W*B]
+    return 0.5 * (
+        soft_target_cross_entropy(logits_image, image_targets) + soft_target_cross_entropy(logits_text, text_targets)
+    )
+
+
+@dataclass
+class LossOutput:
+    """Losses of one step (0-dim tensors): ``total = itc + weight * multi_label``.
+
+    ``multi_label`` is ``None`` when the batch carries no prompts (``K = 0``).
+    """
+
+    total: torch.Tensor
+    itc: torch.Tensor
+    multi_label: torch.Tensor | None
+
+
+class GroupViTLoss(nn.Module):
+    """Image-text plus multi-label contrastive loss over all ranks (see the module docstring).
+
+    Args:
+        multi_label_weight: weight of the multi-label term (official 1.0).
+    """
+
+    def __init__(self, multi_label_weight: float = 1.0) -> None:
+        super().__init__()
+        self.multi_label_weight = multi_label_weight
+
+    def forward(
+        self, image: torch.Tensor, texts: torch.Tensor, scale: torch.Tensor,
+        multi_label_scale: torch.Tensor | None = None,
+    ) -> LossOutput:
+        """``image [B, D]`` and ``texts [B, 1+K, D]`` (index 0 the caption), both L2-normalised.
+
+        ``multi_label_scale`` defaults to ``scale`` (shared temperature).
+        """
+        if texts.dim() != 3 or texts.shape[0] != image.shape[0]:
+            raise InputError(
+                f"expected text embeddings [B, 1+K, D] with B={image.shape[0]}, got {tuple(texts.shape)}"
+            )
+        r, w = rank(), world()
+        all_image = gather_with_grad(image)  # [W*B, D]
+        all_texts = gather_with_grad(texts)  # [W*B, 1+K, D]
+        itc = image_text_loss(image, texts[:, 0], all_image, all_texts[:, 0], scale, r)
+        if texts.shape[1] == 1:
+            return LossOutput(itc, itc, None)
+        ml_scale = scale if multi_label_scale is None else multi_label_scale
+        ml = multi_label_loss(image, texts[:, 1:], all_image, all_texts[:, 1:], ml_scale, r, w)
+        return LossOutput(itc + self.multi_label_weight * ml, itc, ml)
+
+
+class ContrastiveObjective(nn.Module):
+    """The model and its loss as one module, so that DDP wraps a single forward.
+
+    ``forward(images [B, 3, S, S] float, texts [B, 1+K, T] int64)`` encodes both towers (under the
+    caller's autocast), L2-normalises in float32 and returns :class:`LossOutput`. ``K`` must equal
+    ``model.config.multi_label``; the text tower and its projection head see all ``B*(1+K)`` texts
+    in one batch, as in the official model.
+    """
+
+    def __init__(self, model: GroupViT, multi_label_weight: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = GroupViTLoss(multi_label_weight)
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> LossOutput:
+        k = self.model.config.multi_label
+        if texts.dim() == 2:
+            texts = texts[:, None]
+        if texts.dim() != 3 or texts.shape[1] != 1 + k or texts.shape[0] != images.shape[0]:
+            raise InputError(
+                f"expected texts [B, 1+K, T] with B={images.shape[0]} and K=model multi_label={k}, got "
+                f"{tuple(texts.shape)}; set data.multi_label to the model's multi_label"
+            )
+        image = F.normalize(self.model.encode_image(images, normalize=False).float(), dim=-1)
+        text = F.normalize(self.model.encode_text(texts, normalize=False).float(), dim=-1)
+        scale = self.model.scale()
+        ml_scale = self.model.scale(multi_label=True) if k > 0 else None
+        return self.loss(image, text, scale, ml_scale)
