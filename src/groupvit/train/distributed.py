@@ -8,6 +8,7 @@ then answers for a world of one.
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from groupvit.errors import ConfigError
 
@@ -182,7 +184,7 @@ class AllReduceBatchNorm1d(nn.BatchNorm1d):
         if x.dim() != 2:
             raise ValueError(f"AllReduceBatchNorm1d expects [N, C] input, got shape {tuple(x.shape)}")
         count = all_reduce_sum(torch.tensor(float(x.shape[0]), device=x.device, dtype=torch.float64)).item()
-        xf = x.float()
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         mean = dist_nn.all_reduce(xf.sum(dim=0)) / count
         centred = xf - mean
         var = dist_nn.all_reduce((centred * centred).sum(dim=0)) / count
@@ -223,3 +225,15 @@ def synchronize_head_batchnorm(model: nn.Module, env: DistEnv) -> None:
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(head)
         else:
             head.bn = AllReduceBatchNorm1d.from_batchnorm(head.bn)
+
+
+def wrap_ddp(module: nn.Module, env: DistEnv) -> DistributedDataParallel:
+    """DDP without buffer broadcasting on every forward (official ``broadcast_buffers=False``).
+
+    The heads' BatchNorm statistics are global-batch ones, hence identical on all ranks already.
+    Recent torch spells the option ``forward_sync_buffers``; older versions ``broadcast_buffers``.
+    """
+    sync_option = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+        DistributedDataParallel.__init__).parameters else "broadcast_buffers"
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, **{sync_option: False})

@@ -168,12 +168,17 @@ class GroupViTLoss(nn.Module):
         return LossOutput(itc + self.multi_label_weight * ml, itc, ml)
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class ContrastiveObjective(nn.Module):
     """The model and its loss as one module, so that DDP wraps a single forward.
 
     ``forward(images [B, 3, S, S] float, texts [B, 1+K, T] int64)`` encodes both towers (under the
-    caller's autocast), L2-normalises in float32 and returns :class:`LossOutput`. ``K`` must equal
-    ``model.config.multi_label``; the text tower and its projection head see all ``B*(1+K)`` texts
+    caller's autocast), L2-normalises in float32 (float64 stays float64) and returns
+    :class:`LossOutput`. ``K`` must equal ``model.config.multi_label``; the text tower and its
+    projection head see all ``B*(1+K)`` texts
     in one batch, as in the official model.
     """
 
@@ -191,8 +196,8 @@ class ContrastiveObjective(nn.Module):
                 f"expected texts [B, 1+K, T] with B={images.shape[0]} and K=model multi_label={k}, got "
                 f"{tuple(texts.shape)}; set data.multi_label to the model's multi_label"
             )
-        image = F.normalize(self.model.encode_image(images, normalize=False).float(), dim=-1)
-        text = F.normalize(self.model.encode_text(texts, normalize=False).float(), dim=-1)
+        image = F.normalize(_at_least_fp32(self.model.encode_image(images, normalize=False)), dim=-1)
+        text = F.normalize(_at_least_fp32(self.model.encode_text(texts, normalize=False)), dim=-1)
         scale = self.model.scale()
         ml_scale = self.model.scale(multi_label=True) if k > 0 else None
         return self.loss(image, text, scale, ml_scale)

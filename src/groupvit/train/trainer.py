@@ -39,7 +39,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from groupvit.errors import ConfigError, InputError, WeightsError
@@ -63,6 +62,7 @@ from groupvit.train.distributed import (
     seed_everything,
     shutdown,
     synchronize_head_batchnorm,
+    wrap_ddp,
 )
 from groupvit.train.logging import MetricLogger
 from groupvit.train.losses import ContrastiveObjective, LossOutput
@@ -152,9 +152,11 @@ def isolated_rng(device: torch.device) -> Iterator[None]:
 
 @dataclass
 class TrainResult:
-    """Outcome of :meth:`Trainer.fit`: optimizer steps done, last logged losses, checkpoint, last metrics."""
+    """Outcome of :meth:`Trainer.fit`: optimizer steps done, last logged losses, the trained model (bare
+    GroupViT, in train mode), the last checkpoint written (rank 0) and the last evaluation metrics."""
 
     step: int
+    model: GroupViT | None = None
     losses: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -252,10 +254,7 @@ class Trainer:
         objective = ContrastiveObjective(model, t.multi_label_loss_weight)
         wrapped: torch.nn.Module = objective
         if env.world_size > 1:
-            wrapped = DistributedDataParallel(
-                objective, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )
+            wrapped = wrap_ddp(objective, env)
         seed_everything(t.seed + env.rank)
         if env.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -293,7 +292,7 @@ class Trainer:
         bar = tqdm(total=total_steps, initial=min(state.step, total_steps), unit="step", dynamic_ncols=True,
                    disable=not (env.is_main and t.progress), file=sys.stderr)
         image_size = model.config.vision.image_size
-        result = TrainResult(step=state.step)
+        result = TrainResult(step=state.step, model=model)
         window = _Window()
         model.train()
 
