@@ -1,0 +1,118 @@
+"""``groupvit eval --dataset NAME --root DIR``: zero-shot benchmark numbers.
+
+Segmentation (``voc``, ``context``, ``coco-object``, ``voc-layout``): dataset-level mIoU with the
+official protocol (short side 448, 448/224 sliding windows, per-dataset background threshold,
+``simple`` template). ``voc-layout`` reads the class names from ``<root>/classes.json`` and is chosen
+automatically when that file exists and ``--dataset`` is not given. Classification
+(``imagenet-folder``): top-1/top-5 with the 7 ``subset`` templates, resize 256 + centre crop 224.
+
+Prints a per-class table and a summary; ``--out`` writes everything as JSON (atomically).
+Missing image or label files stop the run with the first one named, unless ``--skip-missing``
+(then they are counted in the JSON under ``skipped``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from groupvit.commands.segment import add_model_arguments, load_model
+from groupvit.errors import InputError
+
+HELP = "zero-shot evaluation: segmentation mIoU (VOC, Context, COCO-Object, VOC layout) or classification accuracy"
+
+DATASETS = ("voc", "context", "coco-object", "voc-layout", "imagenet-folder")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="benchmark (default: voc-layout when ROOT/classes.json exists)")
+    parser.add_argument("--root", required=True, help="dataset folder")
+    add_model_arguments(parser)
+    parser.add_argument("--out", default=None, help="write the results to this JSON file")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--bg-thresh", type=float, default=None,
+                        help="background threshold (default: the dataset's, 0.95 VOC / 0.35 Context / 0.95 COCO)")
+    parser.add_argument("--split", default=None, help="split list to read (default val; val2017 for coco-object)")
+    parser.add_argument("--classes-file", default=None, help="voc-layout: class file (default ROOT/classes.json)")
+    parser.add_argument("--label-dir", default=None,
+                        help="voc-layout: label folder in the VOC folder (default from the class file, else "
+                             "SegmentationClass)")
+    parser.add_argument("--names-file", default=None,
+                        help="imagenet-folder: class names (text, one per line in folder order; or JSON)")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="leave out samples whose image or label file is missing instead of stopping")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _segmentation_dataset(args: argparse.Namespace, name: str):
+    from groupvit.data import benchmarks
+
+    split = {} if args.split is None else {"split": args.split}
+    if name == "voc-layout":
+        return benchmarks.voc_layout(args.root, args.classes_file, args.label_dir, skip_missing=args.skip_missing,
+                                     **split)
+    return benchmarks.SEGMENTATION_READERS[name](args.root, skip_missing=args.skip_missing, **split)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be positive, got {args.limit}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be positive, got {args.batch_size}")
+    root = Path(args.root)
+    if not root.is_dir():
+        raise InputError(f"dataset root {root} is not a directory")
+    name = args.dataset
+    if name is None:
+        if not (root / "classes.json").is_file() and args.classes_file is None:
+            raise InputError(f"{root} has no classes.json; say which benchmark it is with --dataset "
+                             f"{{{','.join(DATASETS)}}}")
+        name = "voc-layout"
+    progress = not args.quiet
+    skipped: list[tuple[str, Path]] = []
+    if name == "imagenet-folder":
+        from groupvit.data.benchmarks import imagenet_folder
+        from groupvit.evaluate.classification import evaluate_classification
+
+        dataset = imagenet_folder(root, args.names_file)
+        model = load_model(args.weights, args.device)
+        settings = {"templates": args.templates or "subset", "resize": 256, "crop": 224}
+        report = evaluate_classification(model, dataset, templates=settings["templates"],
+                                         batch_size=args.batch_size, limit=args.limit, progress=progress)
+    else:
+        from groupvit.evaluate.miou import evaluate_segmentation
+        from groupvit.segment.segmenter import Segmenter
+
+        dataset = _segmentation_dataset(args, name)
+        skipped = dataset.skipped
+        if skipped:
+            print(f"groupvit eval: skipping {len(skipped)} samples with missing files (first: {skipped[0][1]})",
+                  file=sys.stderr)
+        model = load_model(args.weights, args.device)
+        bg_thresh = dataset.bg_thresh if args.bg_thresh is None else args.bg_thresh
+        segmenter = Segmenter(model, dataset.class_names, background=dataset.background, bg_thresh=bg_thresh,
+                              templates=args.templates or "simple", mode=args.mode, batch_size=args.batch_size)
+        settings = {
+            "mode": segmenter.mode, "bg_thresh": segmenter.bg_thresh, "background": segmenter.background,
+            "templates": args.templates or "simple", "short_side": segmenter.short_side,
+            "window": segmenter.window, "stride": segmenter.stride, "top_k": segmenter.top_k,
+        }
+        report = evaluate_segmentation(segmenter, dataset, limit=args.limit, progress=progress)
+    print(report.table())
+    if args.out:
+        from groupvit.fileio import atomic_path
+
+        payload = {
+            "dataset": name, "root": str(root), "weights": args.weights or "default", "settings": settings,
+            "results": report.to_dict(), "skipped": [{"sample": s, "missing": str(p)} for s, p in skipped],
+        }
+        try:
+            with atomic_path(args.out) as tmp:
+                tmp.write_text(json.dumps(payload, indent=1))
+        except OSError as err:
+            raise InputError(f"cannot write {args.out}: {err.strerror or err}") from None
+        print(f"wrote {args.out}")
+    return 0

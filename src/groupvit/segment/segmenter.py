@@ -1,0 +1,410 @@
+"""Zero-shot semantic segmentation with a GroupViT: the official evaluation recipe (reference §5.2).
+
+Per image: keep-ratio resize to short side 448 (long side <= 2048), ImageNet normalisation, 448 x 448
+crops every 224 pixels (or the whole image). Per crop: the soft assignment maps of the grouping
+stages are chained into a ``[pixels, groups]`` map, upsampled bilinearly and hard-assigned (argmax);
+each group gets class scores from its embedding (restricted to the image's top-5 classes); a pixel
+gets its group's scores, and background where its best score is below
+``min(bg_thresh, best score in the crop)``. Crop scores are averaged where crops overlap, resized
+to the original image and arg-maxed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from groupvit.data.images import ImageSource, bilinear_taps, prepare_segmentation_input, read_image
+from groupvit.errors import InputError
+from groupvit.segment.sliding import WindowMerger, upsample_argmax, window_grid
+from groupvit.text.templates import get_templates
+from groupvit.text.tokenizer import tokenize
+
+BACKGROUND = "background"
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block (BatchNorm running statistics), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the model's first parameter (CPU float32 for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
+
+
+def _context_length(model: nn.Module) -> int:
+    text_config = getattr(getattr(model, "config", None), "text", None)
+    return int(getattr(text_config, "context_length", 77))
+
+
+def normalize_class_names(class_names: str | Sequence[str], unique: bool = True) -> tuple[str, ...]:
+    """Validated class names: a comma-separated string or a sequence of names, whitespace collapsed.
+
+    Raises:
+        InputError: no names, an empty name, or (when ``unique``) the same name twice (compared
+            case-insensitively, as the tokenizer lower-cases text).
+    """
+    if isinstance(class_names, str):
+        class_names = class_names.split(",")
+    names = tuple(" ".join(str(name).split()) for name in class_names)
+    if not names or names == ("",):
+        raise InputError("the class list is empty; give at least one class name, e.g. 'cat,dog,grass'")
+    if "" in names:
+        raise InputError(f"empty class name in {list(names)}; remove stray commas")
+    seen: dict[str, str] = {}
+    for name in names:
+        if unique and name.lower() in seen:
+            raise InputError(f"class {name!r} is given twice (as {seen[name.lower()]!r} and {name!r}); remove one")
+        seen[name.lower()] = name
+    return names
+
+
+def encode_class_names(
+    model: nn.Module, class_names: Sequence[str], templates: str | Sequence[str] = "simple", batch_size: int = 256
+) -> torch.Tensor:
+    """Zero-shot class embeddings ``float32 [N, D]`` (official ``build_text_embedding``).
+
+    Every ``template.format(name)`` is encoded and projected; the **un-normalised** projected
+    features are averaged over templates, then L2-normalised (CLIP normalises each template first).
+    Repeated names are allowed here (ImageNet has two "crane"s); the :class:`Segmenter` refuses them.
+
+    Args:
+        model: a GroupViT (anything with ``encode_text(tokens [B, T], normalize=False) -> [B, D]``).
+        class_names: ``N`` names.
+        templates: ``'simple'`` (1), ``'subset'`` (7), ``'full'`` (80) or a list of strings with ``'{}'``.
+        batch_size: prompts per text forward.
+    """
+    names = normalize_class_names(class_names, unique=False)
+    template_list = get_templates(templates)
+    prompts = [template.format(name) for name in names for template in template_list]
+    tokens = tokenize(prompts, context_length=_context_length(model))
+    device, _ = model_device_dtype(model)
+    with torch.inference_mode(), eval_mode(model):
+        features = torch.cat([
+            model.encode_text(tokens[start:start + batch_size].to(device), normalize=False).float()
+            for start in range(0, len(prompts), batch_size)
+        ])
+    features = features.view(len(names), len(template_list), -1).mean(dim=1)
+    return F.normalize(features, dim=-1)
+
+
+def chain_assignments(soft_maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Patch-to-group maps of every stage from the soft assignments ``[B, S_i, L_i]``.
+
+    Stage ``i``'s map is ``soft_0ᵀ @ soft_1ᵀ @ ... @ soft_iᵀ``: ``[B, L_0, S_i]``, the probability
+    that a patch ends in group ``j`` of stage ``i``.
+    """
+    chains: list[torch.Tensor] = []
+    for soft in soft_maps:
+        step = soft.float().transpose(1, 2)
+        chains.append(step if not chains else chains[-1] @ step)
+    return chains
+
+
+def group_index_map(chain: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Hard group of each pixel: ``chain [B, L, G]`` on the ``grid`` of patches -> ``int64 [B, H, W]``.
+
+    The ``G`` soft maps are resized bilinearly (``align_corners=False``) to ``size`` and arg-maxed
+    (official: soft maps evaluate better than the hard ones).
+    """
+    batch, tokens, groups = chain.shape
+    if tokens != grid[0] * grid[1]:
+        raise InputError(f"assignment map has {tokens} tokens but the patch grid {grid} has {grid[0] * grid[1]}")
+    maps = chain.transpose(1, 2).reshape(batch, groups, *grid)
+    # One sample at a time: G full-size planes of a batch can be large (64 x 448 x 448 per crop).
+    return torch.stack([
+        F.interpolate(maps[b:b + 1], size=size, mode="bilinear", align_corners=False)[0].argmax(dim=0)
+        for b in range(batch)
+    ])
+
+
+def patch_index_map(grid: tuple[int, int], size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Pixel -> patch id ``int64 [H, W]`` for a model without grouping (every patch is its own group).
+
+    Equal to :func:`group_index_map` on identity maps, without building ``h*w`` full-size planes:
+    the argmax of bilinear weights is, per axis, the nearer of the two source taps (the lower on a tie).
+    """
+
+    def nearest(n_in: int, n_out: int) -> torch.Tensor:
+        i0, i1, w1 = bilinear_taps(n_in, n_out, device)
+        return torch.where(w1 > 0.5, i1, i0)
+
+    return nearest(grid[0], size[0])[:, None] * grid[1] + nearest(grid[1], size[1])[None, :]
+
+
+def group_class_scores(
+    group_embeds: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: float, top_k: int = 5
+) -> torch.Tensor:
+    """Official group-to-class scores ``Q [B, G, N]``.
+
+    ``A = s * groups @ textᵀ``, ``P = softmax_N(A)``; the image embedding's ``softmax_N(s * image @ textᵀ)``
+    selects its top ``min(top_k, N)`` classes; ``Q = softmax_N(A masked to those classes) * P``
+    (zero outside them).
+
+    Args:
+        group_embeds: ``[B, G, D]`` L2-normalised.
+        image_embeds: ``[B, D]`` L2-normalised.
+        text_embeds: ``[N, D]`` L2-normalised.
+        scale: the clamped temperature ``min(exp(logit_scale), 100)``.
+    """
+    logits = scale * group_embeds @ text_embeds.t()
+    probs = logits.softmax(dim=-1)
+    image_probs = (scale * image_embeds @ text_embeds.t()).softmax(dim=-1)
+    k = min(top_k, text_embeds.shape[0])
+    keep = torch.zeros_like(image_probs, dtype=torch.bool).scatter_(1, image_probs.topk(k, dim=-1).indices, True)
+    restricted = logits.masked_fill(~keep[:, None, :], float("-inf")).softmax(dim=-1)
+    return restricted * probs
+
+
+def pixel_class_scores(
+    group_index: torch.Tensor, scores: torch.Tensor, background: bool, bg_thresh: float
+) -> torch.Tensor:
+    """Per-pixel scores ``[B, C, H, W]`` from hard groups ``[B, H, W]`` and group scores ``Q [B, G, N]``.
+
+    Classes sit in channels ``1..N`` after a background channel 0 when ``background``: it is 1 where the
+    pixel's best class score is below ``min(bg_thresh, Q.max())`` (per crop), else 0.
+    """
+    batch, height, width = group_index.shape
+    classes = scores.shape[-1]
+    flat = group_index.reshape(batch, -1, 1).expand(-1, -1, classes)
+    out = torch.gather(scores, 1, flat).transpose(1, 2).reshape(batch, classes, height, width)
+    if not background:
+        return out
+    threshold = scores.amax(dim=(1, 2)).clamp(max=bg_thresh).view(batch, 1, 1, 1)
+    return torch.cat([(out.amax(dim=1, keepdim=True) < threshold).to(out.dtype), out], dim=1)
+
+
+@dataclass
+class CropOutput:
+    """What one batch of crops gives: ``scores [B, C, h, w]``; per stage ``group_maps [B, h, w]`` and group counts."""
+
+    scores: torch.Tensor
+    group_maps: list[torch.Tensor]
+    group_counts: list[int]
+
+
+@dataclass
+class SegmentationResult:
+    """Segmentation of one image.
+
+    Attributes:
+        labels: ``[H, W]`` label map at the original resolution (uint8 when there are at most 256
+            labels, else int32). With background, 0 is background and class ``i`` of the vocabulary
+            is ``i + 1``; without, class ``i`` is ``i``.
+        scores: ``float32 [C, h, w]`` per-pixel scores (``C`` = number of labels) at the resolution the
+            model saw (short side ``short_side``), averaged over the sliding windows; ``labels`` is
+            the argmax of their bilinear resize to ``(H, W)``.
+        group_maps: per grouping stage, ``int32 [h, w]`` id of the group each pixel is assigned to
+            (argmax of the chained, upsampled soft maps); in sliding mode crop ``k``'s group ``g`` of
+            a stage with ``S`` groups is ``k * S + g``. Empty when not requested or the model has no
+            grouping stage.
+        label_names: name of each label id (``'background'`` first when there is a background).
+        image_size: ``(H, W)`` of the input image.
+    """
+
+    labels: np.ndarray
+    scores: torch.Tensor
+    group_maps: list[np.ndarray]
+    label_names: tuple[str, ...]
+    image_size: tuple[int, int]
+
+    @property
+    def processed_size(self) -> tuple[int, int]:
+        """``(h, w)`` of ``scores`` and ``group_maps``."""
+        return int(self.scores.shape[1]), int(self.scores.shape[2])
+
+    def present_labels(self) -> list[int]:
+        """Sorted label ids that occur in ``labels``."""
+        return [int(v) for v in np.unique(self.labels)]
+
+
+class Segmenter:
+    """Zero-shot segmentation of images into a fixed vocabulary; class text embeddings are cached.
+
+    Example::
+
+        seg = Segmenter(groupvit.load_pretrained(src), ["cat", "dog", "grass"])
+        result = seg("street.jpg")       # SegmentationResult; result.labels: [H, W], 0 = background
+        results = seg([img1, img2])      # windows of all images share batched forwards
+
+    Args:
+        model: a GroupViT (``encode_image_groups``, ``encode_text``, ``scale``); used in eval mode
+            (its mode is restored after each call).
+        class_names: the vocabulary (list, or comma-separated string); ``'background'`` is never
+            prompted: with ``background=True`` it is label 0, decided by the threshold.
+        background: add the thresholded background label 0 (official for VOC, Context, COCO-Object).
+        bg_thresh: background threshold (VOC and COCO-Object 0.95, Context 0.35).
+        templates: prompt templates, ``'simple'`` (official for segmentation), ``'subset'``,
+            ``'full'`` or a list.
+        mode: ``'slide'`` (windows of ``window`` every ``stride`` pixels) or ``'whole'`` (one pass).
+        short_side: the image is resized (keep ratio, bilinear) so its short side is this ...
+        max_long_side: ... unless the long side would exceed this (mmseg scale ``(2048, 448)``).
+        window: crop side in pixels (slide mode).
+        stride: crop step in pixels (slide mode), at most ``window``.
+        top_k: classes kept from the image-level prediction (official 5).
+        batch_size: crops per forward, and images prepared together by :meth:`iter_segment`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        class_names: str | Sequence[str],
+        background: bool = True,
+        bg_thresh: float = 0.95,
+        templates: str | Sequence[str] = "simple",
+        mode: str = "slide",
+        short_side: int = 448,
+        window: int = 448,
+        stride: int = 224,
+        top_k: int = 5,
+        max_long_side: int = 2048,
+        batch_size: int = 4,
+    ) -> None:
+        self.class_names = normalize_class_names(class_names)
+        if background and any(name.lower() == BACKGROUND for name in self.class_names):
+            raise InputError(
+                "'background' is label 0 and decided by the threshold, not prompted; drop it from the class "
+                "list or pass background=False"
+            )
+        if mode not in {"slide", "whole"}:
+            raise InputError(f"mode must be 'slide' or 'whole', got {mode!r}")
+        if not math.isfinite(bg_thresh):
+            raise InputError(f"bg_thresh must be a finite number, got {bg_thresh}")
+        for name, value in (("short_side", short_side), ("max_long_side", max_long_side), ("top_k", top_k),
+                            ("batch_size", batch_size)):
+            if int(value) < 1:
+                raise InputError(f"{name} must be a positive integer, got {value}")
+        window_grid(window, window, window, stride)  # validates window and stride
+        self.model = model
+        self.background = bool(background)
+        self.bg_thresh = float(bg_thresh)
+        self.templates = get_templates(templates)
+        self.mode = mode
+        self.short_side, self.max_long_side = int(short_side), int(max_long_side)
+        self.window, self.stride = int(window), int(stride)
+        self.top_k, self.batch_size = int(top_k), int(batch_size)
+        vision = getattr(getattr(model, "config", None), "vision", None)
+        self._min_side = int(getattr(vision, "patch_size", 1))
+        self.device, self.dtype = model_device_dtype(model)
+        self.text_embeds = encode_class_names(model, self.class_names, self.templates).to(self.device)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """Name of each label id: ``('background', *class_names)`` with background, else the class names."""
+        return ((BACKGROUND,) if self.background else ()) + self.class_names
+
+    @property
+    def num_labels(self) -> int:
+        """Number of label ids (score channels)."""
+        return len(self.label_names)
+
+    def __call__(
+        self, images: ImageSource | Sequence[ImageSource], groups: bool = True
+    ) -> SegmentationResult | list[SegmentationResult]:
+        """Segment one image (path, PIL image, uint8 array ``[H, W, 3]``) or a list of them.
+
+        Returns a :class:`SegmentationResult`, or a list of them for a list input. ``groups=False``
+        skips the per-stage group maps (faster; evaluation does not need them).
+        """
+        if isinstance(images, list | tuple):
+            return list(self.iter_segment(images, groups=groups))
+        return self._segment_batch([images], groups)[0]
+
+    def iter_segment(self, images: Iterable[ImageSource], groups: bool = True) -> Iterator[SegmentationResult]:
+        """Lazily segment a stream of images, ``batch_size`` images prepared (and batched) at a time."""
+        pending: list[ImageSource] = []
+        for image in images:
+            pending.append(image)
+            if len(pending) == self.batch_size:
+                yield from self._segment_batch(pending, groups)
+                pending = []
+        if pending:
+            yield from self._segment_batch(pending, groups)
+
+    def prepare(self, image: ImageSource) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Read and pre-process: ``(normalised float32 [3, h, w] at the evaluation scale, (H, W) original)``."""
+        rgb = read_image(image)
+        x = prepare_segmentation_input(rgb, self.short_side, self.max_long_side)
+        if min(x.shape[1:]) < self._min_side:
+            raise InputError(
+                f"image of {rgb.shape[0]}x{rgb.shape[1]} pixels is too elongated: resized to short side "
+                f"{self.short_side} with long side <= {self.max_long_side} it is {x.shape[1]}x{x.shape[2]}, "
+                f"smaller than one {self._min_side}-pixel patch"
+            )
+        return x, (rgb.shape[0], rgb.shape[1])
+
+    def windows(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """Crops ``(y1, y2, x1, x2)`` of a pre-processed ``height x width`` image in the current mode."""
+        if self.mode == "whole":
+            return [(0, height, 0, width)]
+        return window_grid(height, width, self.window, self.stride)
+
+    def segment_crops(self, crops: torch.Tensor, groups: bool = True) -> CropOutput:
+        """The official per-crop step (``encode_decode``) on a batch of normalised crops ``[B, 3, h, w]``."""
+        size = (crops.shape[2], crops.shape[3])
+        encoding = self.model.encode_image_groups(crops.to(self.device, self.dtype), normalize=True)
+        group_embeds = encoding.group_embeds.float()
+        chains = chain_assignments([a.soft for a in encoding.assignments])
+        expected = chains[-1].shape[-1] if chains else encoding.grid[0] * encoding.grid[1]
+        if group_embeds.shape[1] != expected:
+            raise InputError(
+                f"model gives {group_embeds.shape[1]} group embeddings but its last assignment has {expected} groups"
+            )
+        maps = [group_index_map(chain, encoding.grid, size) for chain in (chains if groups else chains[-1:])]
+        if chains:
+            final = maps[-1]
+        else:
+            final = patch_index_map(encoding.grid, size, group_embeds.device).expand(crops.shape[0], -1, -1)
+        scale = float(self.model.scale())
+        q = group_class_scores(group_embeds, encoding.image_embeds.float(), self.text_embeds, scale, self.top_k)
+        scores = pixel_class_scores(final, q, self.background, self.bg_thresh)
+        if not groups:
+            return CropOutput(scores, [], [])
+        return CropOutput(scores, maps, [chain.shape[-1] for chain in chains])
+
+    def _segment_batch(self, images: Sequence[ImageSource], groups: bool) -> list[SegmentationResult]:
+        with torch.inference_mode(), eval_mode(self.model):
+            prepared = [self.prepare(image) for image in images]
+            mergers, jobs = [], []
+            for index, (x, _) in enumerate(prepared):
+                height, width = x.shape[1:]
+                mergers.append(WindowMerger(self.num_labels, height, width, self.device))
+                jobs.extend((index, k, window) for k, window in enumerate(self.windows(height, width)))
+            # Crops of one image all have the same size; images of different sizes batch separately.
+            by_size: dict[tuple[int, int], list[tuple[int, int, tuple[int, int, int, int]]]] = {}
+            for job in jobs:
+                y1, y2, x1, x2 = job[2]
+                by_size.setdefault((y2 - y1, x2 - x1), []).append(job)
+            for size_jobs in by_size.values():
+                for start in range(0, len(size_jobs), self.batch_size):
+                    batch = size_jobs[start:start + self.batch_size]
+                    crops = torch.stack([prepared[i][0][:, y1:y2, x1:x2] for i, _, (y1, y2, x1, x2) in batch])
+                    out = self.segment_crops(crops, groups)
+                    for b, (i, k, window) in enumerate(batch):
+                        mergers[i].add(window, out.scores[b], [m[b] for m in out.group_maps], out.group_counts, k)
+            results = []
+            for (_, original), merger in zip(prepared, mergers, strict=True):
+                scores = merger.mean_scores()
+                results.append(SegmentationResult(
+                    labels=upsample_argmax(scores, original),
+                    scores=scores.cpu(),
+                    group_maps=[g.to(torch.int32).cpu().numpy() for g in merger.groups],
+                    label_names=self.label_names,
+                    image_size=original,
+                ))
+            return results

@@ -1,0 +1,116 @@
+"""Sliding-window inference helpers with mmseg ``slide_inference`` semantics.
+
+An image of ``H x W`` (after the short-side resize) is covered by ``window x window`` crops placed
+every ``stride`` pixels; the last crop of a row or column is moved back so it ends at the border
+(and a crop larger than the image is cut to it). Each pixel's scores are the mean over the crops
+covering it. Labels are the per-pixel argmax after a bilinear resize to the original image size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from groupvit.data.images import resize_rows
+from groupvit.errors import InputError
+
+# A crop as (y1, y2, x1, x2): rows y1..y2-1, columns x1..x2-1.
+Window = tuple[int, int, int, int]
+
+
+def grid_size(length: int, window: int, stride: int) -> int:
+    """Crop positions along an axis of ``length`` pixels: ``max(length - window + stride - 1, 0) // stride + 1``."""
+    return max(length - window + stride - 1, 0) // stride + 1
+
+
+def window_grid(height: int, width: int, window: int = 448, stride: int = 224) -> list[Window]:
+    """Crops covering an ``height x width`` image, row-major, as ``(y1, y2, x1, x2)``.
+
+    Example: ``448 x 700`` with window 448, stride 224 gives 1 x 3 crops with columns
+    ``[0, 448)``, ``[224, 672)`` and ``[252, 700)`` (the last one clamped to the right border).
+    """
+    if window < 1 or stride < 1:
+        raise InputError(f"window and stride must be positive, got window={window}, stride={stride}")
+    if stride > window:
+        raise InputError(f"stride {stride} is larger than the window {window}: pixels between crops would be missed")
+    windows = []
+    for row in range(grid_size(height, window, stride)):
+        y2 = min(row * stride + window, height)
+        y1 = max(y2 - window, 0)
+        for col in range(grid_size(width, window, stride)):
+            x2 = min(col * stride + window, width)
+            x1 = max(x2 - window, 0)
+            windows.append((y1, y2, x1, x2))
+    return windows
+
+
+def coverage(height: int, width: int, windows: list[Window]) -> torch.Tensor:
+    """``int64 [H, W]``: how many of ``windows`` cover each pixel."""
+    count = torch.zeros(height, width, dtype=torch.int64)
+    for y1, y2, x1, x2 in windows:
+        count[y1:y2, x1:x2] += 1
+    return count
+
+
+class WindowMerger:
+    """Accumulates the outputs of the crops of one image.
+
+    Scores ``[C, h, w]`` of each crop are summed into place and divided by the coverage count
+    (mmseg). Group maps, whose ids are only meaningful inside one crop, are not averaged: each pixel
+    keeps the map of the crop whose centre is nearest (Euclidean distance; the earlier crop on a
+    tie), and crop ``k``'s group ``g`` of a stage with ``S`` groups gets the id ``k * S + g`` so
+    that groups of different crops stay distinct.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, device: torch.device) -> None:
+        self.size = (height, width)
+        self.scores = torch.zeros(channels, height, width, device=device)
+        self.count = torch.zeros(height, width, device=device)
+        self.groups: list[torch.Tensor] = []
+        self._distance = torch.full((height, width), float("inf"), device=device)
+
+    def add(
+        self, window: Window, scores: torch.Tensor, group_maps: list[torch.Tensor], group_counts: list[int],
+        index: int,
+    ) -> None:
+        """Add crop number ``index``: ``scores [C, h, w]`` and per stage a map ``[h, w]`` of ids ``< group_counts[i]``.
+
+        Crops must be added in increasing ``index`` order (ties of the nearest-centre rule go to the first).
+        """
+        y1, y2, x1, x2 = window
+        self.scores[:, y1:y2, x1:x2] += scores
+        self.count[y1:y2, x1:x2] += 1
+        if not group_maps:
+            return
+        if not self.groups:
+            self.groups = [torch.full(self.size, -1, dtype=torch.int64, device=self.count.device) for _ in group_maps]
+        ys = torch.arange(y1, y2, device=self.count.device, dtype=torch.float32) - (y1 + y2 - 1) / 2
+        xs = torch.arange(x1, x2, device=self.count.device, dtype=torch.float32) - (x1 + x2 - 1) / 2
+        distance = ys[:, None] ** 2 + xs[None, :] ** 2
+        region = self._distance[y1:y2, x1:x2]
+        closer = distance < region
+        region[closer] = distance[closer]
+        for canvas, crop_map, groups in zip(self.groups, group_maps, group_counts, strict=True):
+            canvas[y1:y2, x1:x2][closer] = crop_map[closer].long() + index * groups
+
+    def mean_scores(self) -> torch.Tensor:
+        """``[C, H, W]``: summed scores over the covering count."""
+        if bool((self.count == 0).any()):
+            raise InputError("some pixels are covered by no crop; check the window and stride")
+        return self.scores / self.count
+
+
+def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 25) -> np.ndarray:
+    """Label map ``[H, W]`` = argmax over classes of ``scores [C, h, w]`` bilinearly resized to ``size``.
+
+    Resized in row strips of at most ``max_elements`` values, so a 10000 x 10000 output never holds
+    all ``C`` score planes at once. dtype uint8 when ``C <= 256``, else int32. Ties go to the lower
+    class id (``torch.argmax``).
+    """
+    channels = scores.shape[0]
+    height, width = size
+    labels = np.empty((height, width), dtype=np.uint8 if channels <= 256 else np.int32)
+    rows = max(1, max_elements // max(1, channels * width))
+    for start, strip in resize_rows(scores, size, chunk_rows=rows):
+        labels[start:start + strip.shape[1]] = strip.argmax(dim=0).cpu().numpy()
+    return labels
