@@ -1,0 +1,94 @@
+"""Caption -> token ids for the multi-label contrastive loss: ``[caption, prompt_1, ..., prompt_K]``.
+
+GroupViT's text augmentation: tag the caption, keep the words tagged NN, NNS, NNP, VB, VBD, VBG, VBN, VBP
+or VBZ (nouns and verbs; NNPS is not kept; repeated words are kept once per occurrence), draw ``min(K, n)`` of
+the ``n`` kept words uniformly without replacement, put each into a template drawn uniformly (with
+replacement, one draw per word) from the 80 ``full`` templates, and pad with copies of the raw caption up to
+``K`` prompts. The caption itself is always row 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from groupvit.errors import ConfigError
+from groupvit.text.nouns import Tagger, get_tagger
+from groupvit.text.templates import get_templates
+from groupvit.text.tokenizer import DEFAULT_CONTEXT_LENGTH, tokenize
+
+PROMPT_TAGS = frozenset({"NN", "NNS", "NNP", "VB", "VBD", "VBG", "VBN", "VBP", "VBZ"})
+
+
+class PromptRNG(Protocol):
+    """The two draws the prompt builder makes (a ``numpy.random.Generator`` provides both)."""
+
+    def choice(self, a: int, size: int, replace: bool) -> Sequence[int]: ...
+
+    def integers(self, high: int) -> int: ...
+
+
+def prompt_words(tagged: Sequence[tuple[str, str]]) -> list[str]:
+    """Words of ``[(word, tag), ...]`` whose tag is in :data:`PROMPT_TAGS`, in caption order, repeats kept."""
+    return [word for word, tag in tagged if tag in PROMPT_TAGS]
+
+
+def build_prompts(
+    caption: str, words: Sequence[str], num_prompts: int, templates: Sequence[str], rng: PromptRNG
+) -> list[str]:
+    """The ``1 + num_prompts`` texts of one caption: ``[caption, prompt_1, ..., prompt_K]``.
+
+    Draws: ``rng.choice(len(words), size=min(K, len(words)), replace=False)`` picks word indices (in the
+    returned order), then one ``rng.integers(len(templates))`` per picked word picks its template. No draw is
+    made when ``words`` is empty or ``K`` is 0.
+    """
+    picked: list[str] = []
+    count = min(num_prompts, len(words))
+    if count > 0:
+        for index in rng.choice(len(words), size=count, replace=False):
+            picked.append(words[int(index)])
+    prompts = [templates[int(rng.integers(len(templates)))].format(word) for word in picked]
+    return [caption, *prompts, *[caption] * (num_prompts - len(prompts))]
+
+
+class CaptionTokens:
+    """Caption -> ``LongTensor [1 + K, context_length]``: the caption's tokens, then its K prompts' tokens.
+
+    Args:
+        num_prompts: K (official: 3 with the multi-label loss, 0 without; 0 gives ``[1, context_length]``).
+        tagger: a :class:`~groupvit.text.nouns.Tagger` or a name for :func:`~groupvit.text.nouns.get_tagger`
+            (resolved now, so the ``auto`` choice and its warning happen once, where this is built).
+        templates: template set name or list (default ``full``, the 80 CLIP templates, as the official code).
+        context_length: tokens per row (default 77).
+    """
+
+    def __init__(
+        self,
+        num_prompts: int = 0,
+        tagger: Tagger | str = "auto",
+        templates: str | Sequence[str] = "full",
+        context_length: int = DEFAULT_CONTEXT_LENGTH,
+    ) -> None:
+        if num_prompts < 0:
+            raise ConfigError(f"the number of prompts per caption must be >= 0, got {num_prompts}")
+        self.num_prompts = num_prompts
+        self.tagger: Tagger | None = None
+        if num_prompts > 0:
+            self.tagger = get_tagger(tagger) if isinstance(tagger, str) else tagger
+        self.templates = get_templates(templates)
+        self.context_length = context_length
+
+    def texts(self, caption: str, rng: PromptRNG | None = None) -> list[str]:
+        """The ``1 + K`` strings for ``caption`` (``rng`` is needed when K > 0)."""
+        if self.tagger is None:
+            return [caption]
+        if rng is None:
+            rng = np.random.default_rng()
+        return build_prompts(caption, prompt_words(self.tagger(caption)), self.num_prompts, self.templates, rng)
+
+    def __call__(self, caption: str, rng: PromptRNG | None = None) -> torch.Tensor:
+        """Token ids ``torch.long [1 + K, context_length]`` of :meth:`texts`."""
+        return tokenize(self.texts(caption, rng), self.context_length)
