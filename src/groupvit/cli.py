@@ -17,6 +17,7 @@ from groupvit.errors import GroupViTError
 COMMANDS: dict[str, str] = {
     "convert": "groupvit.commands.convert",
     "synth": "groupvit.commands.synth",
+    "shards": "groupvit.commands.shards",
 }
 
 

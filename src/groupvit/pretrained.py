@@ -1,0 +1,25 @@
+"""Weights shipped inside the package: a small GroupViT trained on the synthetic captioned scenes."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from groupvit.errors import WeightsError
+
+DEFAULT_WEIGHTS = "groupvit-synthetic-small.pt"
+
+
+def default_weights_path() -> Path:
+    """Path of the shipped checkpoint (our format, float16 tensors).
+
+    Raises:
+        WeightsError: when the package was installed without its assets.
+    """
+    path = Path(str(resources.files("groupvit") / "assets" / DEFAULT_WEIGHTS))
+    if not path.is_file():
+        raise WeightsError(
+            f"the shipped weights {DEFAULT_WEIGHTS} are missing from this installation; reinstall groupvit "
+            "or pass --weights"
+        )
+    return path
