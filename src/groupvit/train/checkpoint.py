@@ -135,6 +135,13 @@ class CheckpointManager:
         self.best_metric = best_metric
         self.best_mode = best_mode
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary files left by a process killed while writing a checkpoint; returns them."""
+        stale = [p for name in (LATEST, BEST) for p in self.directory.glob(f".{name}.*.tmp")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     @property
     def latest(self) -> Path:
         return self.directory / LATEST

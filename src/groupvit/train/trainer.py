@@ -285,6 +285,8 @@ class Trainer:
             self._restore_rng(ckpt)
 
         manager = CheckpointManager(output, cfg.evaluate.best_metric, cfg.evaluate.best_mode)
+        if env.is_main:
+            manager.remove_stale_temporaries()
         logger = MetricLogger(output, enabled=env.is_main, tensorboard=t.tensorboard)
         if ckpt is not None:
             logger.truncate_after(state.step)

@@ -1,0 +1,207 @@
+"""Exact resumption after SIGKILL, and checkpoints that survive a crash while being written.
+
+The training runs are separate processes started the way a user would (``groupvit train --config
+... --resume auto``) on the ``tiny`` model with DropPath and Gumbel noise on (both draw from torch's
+generator), gradient accumulation, and the generated ``random`` data source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import groupvit
+from groupvit.errors import WeightsError
+from groupvit.train.checkpoint import (
+    CheckpointManager,
+    TrainState,
+    capture_rng_state,
+    load_training_checkpoint,
+    resolve_resume,
+)
+from groupvit.train.optim import build_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+# `python -m groupvit.cli train ...`, registering the command in case this checkout's cli lacks it.
+LAUNCH = ("import sys, groupvit.cli as cli; cli.COMMANDS.setdefault('train', 'groupvit.commands.train'); "
+          "sys.exit(cli.main())")
+
+
+def blocking_hook(marker: str, at_step: int):
+    """Evaluation hook that, once (no marker file yet), writes ``marker`` at ``at_step`` and hangs."""
+
+    def hook(model, step):
+        if step == at_step and not Path(marker).exists():
+            Path(marker).write_text("blocked")
+            time.sleep(600)
+        return {}
+
+    return hook
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _config(path: Path, output: Path, marker: Path) -> Path:
+    config = {
+        "model": {"preset": "tiny", "vision": {"drop_path_rate": 0.1}},
+        # 32 samples, 4 per batch, 2 batches per optimizer step: 4 steps per epoch, 8 in all.
+        "data": {"sources": [{"type": "random", "size": 32}], "batch_size": 4, "seed": 5},
+        "train": {"epochs": 2, "warmup_epochs": 1, "base_lr": 2.0, "warmup_lr": 0.01, "min_lr": 0.1,
+                  "accumulation_steps": 2, "amp": "none", "device": "cpu", "log_every": 1, "ckpt_every": 2,
+                  "eval_every": 1, "seed": 7, "output": str(output), "tensorboard": False, "progress": False},
+        "evaluate": {"hooks": [{"target": "test_resume:blocking_hook", "marker": str(marker), "at_step": 3}]},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _train(config: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, "train", "--config", str(config), *extra],
+                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+
+
+def _records(output: Path) -> dict[int, dict]:
+    lines = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["kind"] == "train"]
+    assert len(train) == len({r["step"] for r in train}), "duplicate steps in the log"
+    return {r["step"]: {k: v for k, v in r.items() if k != "images_per_s"} for r in train}
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
+    reference_out, resumed_out = tmp_path / "reference", tmp_path / "resumed"
+    done = tmp_path / "never-block"
+    done.write_text("")
+    marker = tmp_path / "blocked"
+
+    reference = _train(_config(tmp_path / "reference.yaml", reference_out, done), "--resume", "auto")
+    config = _config(tmp_path / "resumed.yaml", resumed_out, marker)
+    killed = _train(config)
+    deadline = time.monotonic() + 180
+    while not marker.exists():
+        assert killed.poll() is None, killed.communicate()[0]
+        assert time.monotonic() < deadline, "training never reached step 3"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    _finish(reference)
+
+    # Killed at step 3 (checkpoints every 2 steps): latest.pt is step 2, half-way through epoch 0.
+    interrupted = load_training_checkpoint(resumed_out / "latest.pt")
+    assert interrupted["train_state"] == {"epoch": 0, "batch": 4, "step": 2, "best_metric": None}
+
+    _finish(_train(config, "--resume", "auto"))
+
+    expected = torch.load(reference_out / "latest.pt", weights_only=True)
+    got = torch.load(resumed_out / "latest.pt", weights_only=True)
+    assert got["train_state"]["step"] == expected["train_state"]["step"] == 8
+    assert got["model"].keys() == expected["model"].keys()
+    for name, value in expected["model"].items():
+        assert torch.equal(got["model"][name], value), name
+    for index, state in expected["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(got["optimizer"]["state"][index][key], value), (index, key)
+    # The log of the resumed run repeats the reference, step for step, bit for bit.
+    assert _records(resumed_out) == _records(reference_out)
+    # A training checkpoint is also a weights file.
+    model = groupvit.load_pretrained(resumed_out / "latest.pt")
+    assert torch.equal(model.logit_scale, expected["model"]["logit_scale"])
+
+
+def _save(manager: CheckpointManager, model: groupvit.GroupViT, step: int) -> None:
+    optimizer = build_optimizer(model, lr=1e-3)
+    manager.save(model, optimizer=optimizer, scaler=None, state=TrainState(step=step),
+                 rng=[capture_rng_state()], config={"train": {"seed": 0}})
+
+
+def _partial_then(action):
+    """A torch.save that writes half a checkpoint to its target, then ``action()``."""
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"PK\x03\x04" + b"\0" * 4096)
+            handle.flush()
+        action()
+
+    return broken_save
+
+
+def test_failed_checkpoint_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path)
+    model = groupvit.create_model("tiny")
+    _save(manager, model, step=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    with torch.no_grad():
+        model.logit_scale.add_(1.0)
+
+    def fail():
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", _partial_then(fail))
+    with pytest.raises(OSError, match="No space"):
+        _save(manager, model, step=2)
+    monkeypatch.undo()
+
+    ckpt = load_training_checkpoint(tmp_path / "latest.pt")
+    assert ckpt["train_state"]["step"] == 1
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in before.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]  # no temporary file left
+
+
+KILL_DURING_WRITE = """
+import os, signal, sys, torch
+sys.path.insert(0, {tests!r})
+import groupvit
+from test_resume import _partial_then, _save
+from groupvit.train.checkpoint import CheckpointManager
+manager = CheckpointManager({out!r})
+model = groupvit.create_model("tiny")
+_save(manager, model, step=1)
+torch.save = _partial_then(lambda: os.kill(os.getpid(), signal.SIGKILL))
+_save(manager, model, step=2)
+"""
+
+
+def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
+    script = KILL_DURING_WRITE.format(tests=str(ROOT / "tests"), out=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(), cwd=ROOT, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    stale = [p.name for p in tmp_path.glob(".latest.pt.*.tmp")]
+    assert len(stale) == 1  # the half-written file died with the process ...
+    assert load_training_checkpoint(tmp_path / "latest.pt")["train_state"]["step"] == 1  # ... the old one is intact
+    groupvit.load_pretrained(tmp_path / "latest.pt")
+    assert [p.name for p in CheckpointManager(tmp_path).remove_stale_temporaries()] == stale
+
+
+def test_resume_resolution(tmp_path):
+    assert resolve_resume(None, tmp_path) is None
+    assert resolve_resume("auto", tmp_path) is None  # nothing to resume: start fresh
+    (tmp_path / "latest.pt").write_bytes(b"x")
+    assert resolve_resume("auto", tmp_path) == tmp_path / "latest.pt"
+    with pytest.raises(WeightsError, match="no such checkpoint"):
+        resolve_resume(tmp_path / "missing.pt", tmp_path)
+
+
+def test_weights_only_file_cannot_be_resumed(tmp_path):
+    path = groupvit.save_checkpoint(groupvit.create_model("tiny"), tmp_path / "weights.pt")
+    with pytest.raises(WeightsError, match="no training state"):
+        load_training_checkpoint(path)
