@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop-rate", type=float, default=0.05, help="rate of objects left out of captions (default 0.05)"
     )
     train.add_argument("--workers", type=int, default=1, help="processes writing shards (default 1)")
+    train.add_argument(
+        "--twins", action="store_true",
+        help="every odd scene repaints the one before with other shapes (same layout, colours, background)",
+    )
     evaluation = targets.add_parser("eval", help="PASCAL VOC layout scenes with exact label maps")
     _common(evaluation, default_seed=1)
     evaluation.add_argument(
@@ -78,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             max_objects=args.max_objects,
             caption_drop_rate=args.drop_rate,
             workers=max(1, args.workers),
+            twins=args.twins,
             progress=not args.quiet,
         )
         print(f"wrote {args.num} scenes in {len(paths)} shard(s): {_shard_pattern(paths)}")

@@ -413,6 +413,9 @@ class SceneGenerator:
             object is always mentioned); in [0, 1).
         split: ``train`` (held-out colour-shape pairs never appear), ``eval-all``, ``eval-seen`` (only
             pairs seen in training) or ``eval-heldout`` (at least one held-out object per image).
+        twins: every odd scene is the *shape twin* of the scene before it: same background, layout
+            and colours, every shape replaced by another one. Twins sit side by side in a batch, so
+            colour and background words cannot tell them apart: the contrastive loss needs the shapes.
     """
 
     def __init__(
@@ -423,6 +426,7 @@ class SceneGenerator:
         max_objects: int = 4,
         caption_drop_rate: float = 0.05,
         split: str = "train",
+        twins: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"unknown synthetic split {split!r}; expected one of {list(SPLITS)}")
@@ -442,6 +446,7 @@ class SceneGenerator:
         self.max_objects = int(max_objects)
         self.caption_drop_rate = float(caption_drop_rate)
         self.split = split
+        self.twins = bool(twins)
         all_pairs = [(c, s) for c in COLOURS for s in SHAPES]
         seen = [pair for pair in all_pairs if pair not in HELDOUT_COMBINATIONS]
         self._pairs = all_pairs if split in ("eval-all", "eval-heldout") else seen
@@ -450,7 +455,15 @@ class SceneGenerator:
         """Scene number ``index`` (>= 0); the same generator settings and index give the same scene."""
         if index < 0:
             raise InputError(f"scene index must be non-negative, got {index}")
-        rng = np.random.default_rng([self.seed, _SPLIT_CODES[self.split], int(index)])
+        if self.twins and index % 2 == 1:
+            return self._shape_twin(self._scene(index - 1), index)
+        return self._scene(index)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], int(index)])
+
+    def _scene(self, index: int) -> Scene:
+        rng = self._rng(index)
         background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
         texture = background_texture(background, self.image_size, rng)
         for _ in range(LAYOUT_TRIES):
@@ -459,6 +472,18 @@ class SceneGenerator:
                 objects, masks = layout
                 return _compose(objects, masks, background, texture, rng, int(index))
         raise RuntimeError(f"could not lay out scene {index} in {LAYOUT_TRIES} tries")
+
+    def _shape_twin(self, scene: Scene, index: int) -> Scene:
+        """``scene`` with every shape replaced by another one allowed in this split, repainted."""
+        rng = self._rng(index)
+        allowed = set(self._pairs)
+        objects = []
+        for obj in scene.objects:
+            shapes = [shape for shape in SHAPES if shape != obj.shape and (obj.colour, shape) in allowed]
+            objects.append(replace(obj, shape=shapes[int(rng.integers(len(shapes)))], box=None, area=0))
+        texture = background_texture(scene.background, self.image_size, rng)
+        masks = [shape_mask(obj, self.image_size) for obj in objects]
+        return _compose(objects, masks, scene.background, texture, rng, int(index))
 
     def iter_scenes(self, start: int = 0, count: int | None = None) -> Iterator[Scene]:
         """Scenes ``start, start + 1, ...``: ``count`` of them, or endless when None."""
@@ -604,13 +629,15 @@ def write_shards(
     prefix: str = "synth",
     workers: int = 1,
     progress: bool = True,
+    twins: bool = False,
 ) -> list[Path]:
     """Write scenes ``0 .. num_samples - 1`` as webdataset tar shards ``<prefix>-000000.tar``, ...
 
     Each shard holds up to ``samples_per_shard`` samples, each as ``{key}.png`` (RGB image) and
     ``{key}.txt`` (UTF-8 caption) with ``key`` the 9-digit scene index. A shard is written to a
     temporary file beside it and renamed when complete. ``workers`` > 1 writes shards in parallel processes
-    (the bytes do not depend on it). Returns the shard paths in order.
+    (the bytes do not depend on it). ``twins`` makes every odd scene the shape twin of the one before
+    (see :class:`SceneGenerator`). Returns the shard paths in order.
     """
     if num_samples < 1:
         raise InputError(f"number of samples must be positive, got {num_samples}")
@@ -623,6 +650,7 @@ def write_shards(
         max_objects=max_objects,
         caption_drop_rate=caption_drop_rate,
         split=split,
+        twins=twins,
     )
     generator = SceneGenerator(**settings)  # validates the settings before anything is written
     out = _prepare_dir(Path(out_dir))
