@@ -140,3 +140,19 @@ def test_spacy_tagger_picks_nouns_and_verbs():
     restored = pickle.loads(pickle.dumps(tagger))
     assert vars(restored) == {"model": tagger.model}
     assert prompt_words(restored("Two cats are sleeping on the red sofa")) == ["cats", "are", "sleeping", "sofa"]
+
+
+def test_with_words_matches_call_and_names_each_prompt_word():
+    from groupvit.text.multilabel import word_id
+
+    class Fixed:
+        def __call__(self, caption):
+            return [("red", "JJ"), ("circle", "NN"), ("star", "NN")]
+
+    tokens = CaptionTokens(3, tagger=Fixed())
+    plain = tokens("a red circle and a star", np.random.default_rng(5))
+    with_words, ids = tokens.with_words("a red circle and a star", np.random.default_rng(5))
+    assert torch.equal(plain, with_words)
+    assert sorted(ids[:2].tolist()) == sorted([word_id("circle"), word_id("star")])
+    assert ids[2].item() == -1  # two words, K = 3: one caption copy
+    assert word_id("Star") == word_id("star") != word_id("circle")

@@ -6,6 +6,7 @@ Usage (one call per epoch and rank)::
     for batch in loader:        # len(loader) == loader.num_batches - start_batch
         batch["images"]         # float32 [B, 3, S, S], normalised
         batch["texts"]          # int64 [B, 1 + K, context_length]: caption tokens, then K prompt tokens
+        batch["prompt_words"]   # int64 [B, K]: word id (text.multilabel.word_id) behind each prompt, -1 = padding
         batch["captions"]       # list of B str;  batch["keys"]: list of B sample names
         batch["skipped"]        # int: unusable samples dropped while this batch was assembled
     loader.skipped              # total of batch["skipped"] so far; loader.problems: what was wrong, by name
@@ -261,16 +262,19 @@ class EpochStream(IterableDataset):
 
     def _collate(self, batch: list[tuple[int, RawSample, Any, str]], skipped: int, problems: list[str]) -> dict:
         cfg = self.cfg
-        images, texts = [], []
+        images, texts, words = [], [], []
         for repeat, raw, image, caption in batch:
             image_seed, text_seed = np.random.SeedSequence(
                 [cfg.seed, self.epoch, _SAMPLE, repeat, *raw.sample_id]
             ).spawn(2)
             images.append(self.image_transform(image, np.random.default_rng(image_seed)))
-            texts.append(self.text_transform(caption, np.random.default_rng(text_seed)))
+            tokens, prompt_words = self.text_transform.with_words(caption, np.random.default_rng(text_seed))
+            texts.append(tokens)
+            words.append(prompt_words)
         return {
             "images": torch.stack(images),
             "texts": torch.stack(texts),
+            "prompt_words": torch.stack(words),
             "captions": [caption for *_, caption in batch],
             "keys": [raw.key for _, raw, *_ in batch],
             "skipped": skipped,

@@ -9,6 +9,7 @@ replacement, one draw per word) from the 80 ``full`` templates, and pad with cop
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -36,10 +37,10 @@ def prompt_words(tagged: Sequence[tuple[str, str]]) -> list[str]:
     return [word for word, tag in tagged if tag in PROMPT_TAGS]
 
 
-def build_prompts(
-    caption: str, words: Sequence[str], num_prompts: int, templates: Sequence[str], rng: PromptRNG
-) -> list[str]:
-    """The ``1 + num_prompts`` texts of one caption: ``[caption, prompt_1, ..., prompt_K]``.
+def sample_prompts(
+    words: Sequence[str], num_prompts: int, templates: Sequence[str], rng: PromptRNG
+) -> list[tuple[str, str]]:
+    """``(word, prompt)`` for ``min(K, len(words))`` words drawn without replacement.
 
     Draws: ``rng.choice(len(words), size=min(K, len(words)), replace=False)`` picks word indices (in the
     returned order), then one ``rng.integers(len(templates))`` per picked word picks its template. No draw is
@@ -50,8 +51,23 @@ def build_prompts(
     if count > 0:
         for index in rng.choice(len(words), size=count, replace=False):
             picked.append(words[int(index)])
-    prompts = [templates[int(rng.integers(len(templates)))].format(word) for word in picked]
+    return [(word, templates[int(rng.integers(len(templates)))].format(word)) for word in picked]
+
+
+def build_prompts(
+    caption: str, words: Sequence[str], num_prompts: int, templates: Sequence[str], rng: PromptRNG
+) -> list[str]:
+    """The ``1 + num_prompts`` texts of one caption: ``[caption, prompt_1, ..., prompt_K]``.
+
+    Prompts as drawn by :func:`sample_prompts`, padded with copies of the caption.
+    """
+    prompts = [prompt for _, prompt in sample_prompts(words, num_prompts, templates, rng)]
     return [caption, *prompts, *[caption] * (num_prompts - len(prompts))]
+
+
+def word_id(word: str) -> int:
+    """Stable non-negative id of a prompt word (CRC-32 of its lower-case UTF-8), equal across processes."""
+    return zlib.crc32(word.lower().encode("utf-8"))
 
 
 class CaptionTokens:
@@ -92,3 +108,16 @@ class CaptionTokens:
     def __call__(self, caption: str, rng: PromptRNG | None = None) -> torch.Tensor:
         """Token ids ``torch.long [1 + K, context_length]`` of :meth:`texts`."""
         return tokenize(self.texts(caption, rng), self.context_length)
+
+    def with_words(self, caption: str, rng: PromptRNG | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids ``[1 + K, context_length]`` (as :meth:`__call__` for the same ``rng`` state) and the
+        :func:`word_id` of each prompt's word ``torch.long [K]`` (-1 for a caption copy used as padding)."""
+        if self.tagger is None:
+            return tokenize([caption], self.context_length), torch.zeros(0, dtype=torch.long)
+        if rng is None:
+            rng = np.random.default_rng()
+        pairs = sample_prompts(prompt_words(self.tagger(caption)), self.num_prompts, self.templates, rng)
+        padding = self.num_prompts - len(pairs)
+        texts = [caption, *(prompt for _, prompt in pairs), *[caption] * padding]
+        ids = [word_id(word) for word, _ in pairs] + [-1] * padding
+        return tokenize(texts, self.context_length), torch.tensor(ids, dtype=torch.long)
