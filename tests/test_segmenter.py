@@ -334,3 +334,38 @@ def test_window_merger_averages_and_refuses_gaps():
     gap.add((0, 2, 0, 2), torch.ones(1, 2, 2), [], [], 0)
     with pytest.raises(InputError, match="covered by no crop"):
         gap.mean_scores()
+
+
+def test_palettes():
+    from groupvit.segment import group_palette, voc_palette
+
+    voc = voc_palette()
+    assert voc.shape == (256, 3)
+    assert voc[0].tolist() == [0, 0, 0] and voc[1].tolist() == [128, 0, 0] and voc[15].tolist() == [192, 128, 128]
+    assert voc[255].tolist() == [224, 224, 192]
+    groups = group_palette().astype(float)
+    assert len({tuple(c) for c in groups}) == 256
+    distance = np.linalg.norm(groups[:64, None] - groups[None, :64], axis=-1) + 1e9 * np.eye(64)
+    assert distance.min() > 60
+
+
+def test_label_png_and_overlay():
+    from groupvit.segment import label_image, overlay
+
+    labels = np.zeros((40, 60), dtype=np.uint8)
+    labels[10:30, 20:50] = 2
+    png = label_image(labels)
+    assert png.mode == "P" and png.getpalette()[6:9] == [0, 128, 0]
+    np.testing.assert_array_equal(np.asarray(png), labels)
+    assert label_image(np.full((2, 2), 300)).mode.startswith("I")  # too many ids for a palette
+    image = np.full((40, 60, 3), 200, dtype=np.uint8)
+    out = np.asarray(overlay(image, labels, ("background", "cat", "dog"), legend=False))
+    assert out.shape == (40, 60, 3)
+    np.testing.assert_array_equal(out[0, 0], (200, 200, 200))  # background left as it is
+    np.testing.assert_array_equal(out[29, 49], (100, 164, 100))  # 50 % of (200, 200, 200) and dog's (0, 128, 0)
+    assert (out[19, 34] == (0, 128, 0)).all()  # the name box, filled with the class colour, at the centroid
+    with_legend = overlay(image, labels, ("background", "cat", "dog"))
+    assert with_legend.width > 60 and with_legend.height >= 40  # grows when the legend needs it
+    np.testing.assert_array_equal(np.asarray(with_legend)[:40, :60], out)
+    with pytest.raises(InputError, match="no name"):
+        overlay(image, labels, ("background", "cat"))

@@ -88,6 +88,8 @@ def load_model(weights: str | None, device: str | None) -> torch.nn.Module:
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as err:
         raise InputError(f"invalid --device {device!r}: {err}") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
     return load_pretrained(weights, device=target)
 
 

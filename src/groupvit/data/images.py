@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from groupvit.errors import InputError
@@ -195,16 +196,15 @@ def resize_rows(
     if out_h < 1 or out_w < 1:
         raise InputError(f"resize target must be positive, got {size}")
     y0, y1, wy = bilinear_taps(x.shape[1], out_h, x.device)
-    x0, x1, wx = bilinear_taps(x.shape[2], out_w, x.device)
     step = chunk_rows or out_h
     for start in range(0, out_h, step):
         rows = slice(start, min(start + step, out_h))
         top = x.index_select(1, y0[rows]).float()
         bottom = x.index_select(1, y1[rows]).float()
-        w = wy[rows].view(1, -1, 1)
-        strip = top + (bottom - top) * w
-        left, right = strip.index_select(2, x0), strip.index_select(2, x1)
-        yield start, left + (right - left) * wx.view(1, 1, -1)
+        strip = torch.lerp(top, bottom, wy[rows].view(1, -1, 1))
+        # Horizontal pass with PyTorch's kernel: the height is unchanged, so rows map onto themselves
+        # (weight 0) and the result equals the 2-D bilinear resize.
+        yield start, F.interpolate(strip[None], size=(strip.shape[1], out_w), mode="bilinear", align_corners=False)[0]
 
 
 def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -128,7 +128,7 @@ def group_index_map(chain: torch.Tensor, grid: tuple[int, int], size: tuple[int,
     maps = chain.transpose(1, 2).reshape(batch, groups, *grid)
     # One sample at a time: G full-size planes of a batch can be large (64 x 448 x 448 per crop).
     return torch.stack([
-        F.interpolate(maps[b:b + 1], size=size, mode="bilinear", align_corners=False)[0].argmax(dim=0)
+        F.interpolate(maps[b:b + 1], size=size, mode="bilinear", align_corners=False)[0].max(dim=0).indices
         for b in range(batch)
     ])
 

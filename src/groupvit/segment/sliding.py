@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from groupvit.data.images import resize_rows
 from groupvit.errors import InputError
@@ -103,14 +104,20 @@ class WindowMerger:
 def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 25) -> np.ndarray:
     """Label map ``[H, W]`` = argmax over classes of ``scores [C, h, w]`` bilinearly resized to ``size``.
 
-    Resized in row strips of at most ``max_elements`` values, so a 10000 x 10000 output never holds
-    all ``C`` score planes at once. dtype uint8 when ``C <= 256``, else int32. Ties go to the lower
-    class id (``torch.argmax``).
+    ``align_corners=False`` (mmseg). Outputs of more than ``max_elements`` values are resized in row
+    strips, so a 10000 x 10000 label map never holds all ``C`` score planes at once. dtype uint8 when
+    ``C <= 256``, else int32. Ties go to the lower class id.
     """
     channels = scores.shape[0]
     height, width = size
-    labels = np.empty((height, width), dtype=np.uint8 if channels <= 256 else np.int32)
+    dtype = np.uint8 if channels <= 256 else np.int32
+    if channels * height * width <= max_elements:
+        if (height, width) != tuple(scores.shape[1:]):
+            scores = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
+        # max(dim).indices: first maximum, like argmax, and several times faster over the leading dim.
+        return scores.max(dim=0).indices.cpu().numpy().astype(dtype)
+    labels = np.empty((height, width), dtype=dtype)
     rows = max(1, max_elements // max(1, channels * width))
     for start, strip in resize_rows(scores, size, chunk_rows=rows):
-        labels[start:start + strip.shape[1]] = strip.argmax(dim=0).cpu().numpy()
+        labels[start:start + strip.shape[1]] = strip.max(dim=0).indices.cpu().numpy()
     return labels

@@ -221,5 +221,6 @@ def group_maps_image(
         out.paste(Image.fromarray(panel), (x, strip))
         if titles:
             count = int(np.unique(group_map[group_map >= 0]).size)
-            draw.text((x + 2, 1), f"stage {stage + 1}: {count} groups", font=font, fill=(0, 0, 0))
+            noun = "group" if count == 1 else "groups"
+            draw.text((x + 2, 1), f"stage {stage + 1}: {count} {noun}", font=font, fill=(0, 0, 0))
     return out
