@@ -2,22 +2,26 @@
 
 The training runs are separate processes started the way a user would (``groupvit train --config
 ... --resume auto``) on the ``tiny`` model with DropPath and Gumbel noise on (both draw from torch's
-generator), gradient accumulation, and the generated ``random`` data source.
+generator), gradient accumulation, and the webdataset loader (one worker process, RandAugment,
+multi-label prompts) reading a few tar shards written here.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 import groupvit
 from groupvit.errors import WeightsError
@@ -29,11 +33,36 @@ from groupvit.train.checkpoint import (
     resolve_resume,
 )
 from groupvit.train.optim import build_optimizer
+from groupvit.train.random_data import COLOURS, PAIRS
 
 ROOT = Path(__file__).resolve().parents[1]
 # `python -m groupvit.cli train ...`, registering the command in case this checkout's cli lacks it.
 LAUNCH = ("import sys, groupvit.cli as cli; cli.COMMANDS.setdefault('train', 'groupvit.commands.train'); "
           "sys.exit(cli.main())")
+
+
+def write_caption_shards(directory: Path, count: int, per_shard: int = 8, size: int = 40,
+                         corrupt: tuple[int, ...] = ()) -> str:
+    """Webdataset shards of two-colour images (``{key}.png``) and captions naming the colours
+    (``{key}.txt``); samples listed in ``corrupt`` get bytes that are no image. Returns the brace pattern."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = range(0, count, per_shard)
+    for shard, start in enumerate(shards):
+        with tarfile.open(directory / f"pairs-{shard:06d}.tar", "w") as tar:
+            for i in range(start, min(start + per_shard, count)):
+                top, bottom = PAIRS[i % len(PAIRS)]
+                image = Image.new("RGB", (size, size), tuple(int(255 * c) for c in COLOURS[top]))
+                image.paste(tuple(int(255 * c) for c in COLOURS[bottom]), (0, size // 2, size, size))
+                png = io.BytesIO()
+                image.save(png, format="PNG")
+                caption = f"a {top} square above a {bottom} square."
+                members = {f"{i:06d}.png": b"not an image" if i in corrupt else png.getvalue(),
+                           f"{i:06d}.txt": caption.encode()}
+                for name, data in members.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(directory / f"pairs-{{000000..{len(shards) - 1:06d}}}.tar")
 
 
 def blocking_hook(marker: str, at_step: int):
@@ -55,11 +84,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _config(path: Path, output: Path, marker: Path) -> Path:
+def _config(path: Path, shards: str, output: Path, marker: Path) -> Path:
     config = {
         "model": {"preset": "tiny", "vision": {"drop_path_rate": 0.1}},
         # 32 samples, 4 per batch, 2 batches per optimizer step: 4 steps per epoch, 8 in all.
-        "data": {"sources": [{"type": "random", "size": 32}], "batch_size": 4, "seed": 5},
+        "data": {"sources": [{"type": "shards", "pattern": shards}], "batch_size": 4, "num_workers": 1,
+                 "tagger": "simple", "shuffle_buffer": 16, "seed": 5},
         "train": {"epochs": 2, "warmup_epochs": 1, "base_lr": 2.0, "warmup_lr": 0.01, "min_lr": 0.1,
                   "accumulation_steps": 2, "amp": "none", "device": "cpu", "log_every": 1, "ckpt_every": 2,
                   "eval_every": 1, "seed": 7, "output": str(output), "tensorboard": False, "progress": False},
@@ -91,9 +121,10 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     done = tmp_path / "never-block"
     done.write_text("")
     marker = tmp_path / "blocked"
+    shards = write_caption_shards(tmp_path / "shards", 32)
 
-    reference = _train(_config(tmp_path / "reference.yaml", reference_out, done), "--resume", "auto")
-    config = _config(tmp_path / "resumed.yaml", resumed_out, marker)
+    reference = _train(_config(tmp_path / "reference.yaml", shards, reference_out, done), "--resume", "auto")
+    config = _config(tmp_path / "resumed.yaml", shards, resumed_out, marker)
     killed = _train(config)
     deadline = time.monotonic() + 180
     while not marker.exists():

@@ -132,18 +132,27 @@ class TrainConfig:
         return GroupViTConfig.from_dict(deep_merge(get_config(preset).to_dict(), overrides))
 
     def data_config(self) -> dict[str, Any]:
-        """The ``data`` section with ``multi_label`` and ``context_length`` filled in from the model.
+        """The ``data`` section with ``multi_label``, ``context_length`` and ``image.image_size`` filled in
+        from the model.
 
-        Raises ConfigError when the data asks for a different number of prompts than the model has.
+        Raises ConfigError when the data asks for another number of prompts or image size than the model's.
         """
         data = copy.deepcopy(self.data)
         model = self.model_config()
         data.setdefault("multi_label", model.multi_label)
         data.setdefault("context_length", model.text.context_length)
+        image = dict(data.get("image") or {})
+        image.setdefault("image_size", model.vision.image_size)
+        data["image"] = image
         if data["multi_label"] != model.multi_label:
             raise ConfigError(
                 f"data.multi_label={data['multi_label']} but the model has multi_label={model.multi_label}; "
                 "set both to the same K (or drop data.multi_label)"
+            )
+        if image["image_size"] != model.vision.image_size:
+            raise ConfigError(
+                f"data.image.image_size={image['image_size']} but the model trains at {model.vision.image_size} "
+                "pixels (official: 224; position embeddings are interpolated only at evaluation)"
             )
         return data
 

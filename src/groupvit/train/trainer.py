@@ -51,7 +51,7 @@ from groupvit.train.checkpoint import (
     resolve_resume,
     restore_rng_state,
 )
-from groupvit.train.config import TrainConfig, dataclass_from_dict, save_config
+from groupvit.train.config import TrainConfig, save_config
 from groupvit.train.distributed import (
     DistEnv,
     all_gather_object,
@@ -106,7 +106,7 @@ def build_loader_factory(config: TrainConfig, env: DistEnv) -> LoaderFactory:
     except ImportError as err:
         raise ConfigError(f"the webdataset train loader is unavailable ({err}); install groupvit with its data "
                           "dependencies") from None
-    data_config = dataclass_from_dict(DataConfig, data, "data")
+    data_config = DataConfig.from_dict(data)
     return partial(_webdataset_loader, build_train_loader, data_config, env)
 
 
