@@ -117,7 +117,6 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def single() -> list[dict]:
-    torch.set_num_threads(1)
     model = _model()
     return _two_steps(ContrastiveObjective(model), model, _batches(), slice(0, BATCH))
 
