@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from groupvit.config import PRESETS, GroupViTConfig, TextConfig, VisionConfig, apply_overrides, get_config
+from groupvit.data.images import read_image
 from groupvit.errors import ConfigError, GroupViTError, InputError, WeightsError
 from groupvit.model import GroupViT, ImageEncoding
+from groupvit.segment import SegmentationResult, Segmenter
 from groupvit.text.templates import TEMPLATES, get_templates
 from groupvit.text.tokenizer import Tokenizer, tokenize
 from groupvit.weights import load_pretrained, save_checkpoint, save_pretrained
@@ -41,7 +43,8 @@ def create_model(preset_or_config: str | GroupViTConfig = "gcc-yfcc", **override
 
 
 __all__ = [
-    "PRESETS", "TEMPLATES", "ConfigError", "GroupViT", "GroupViTConfig", "GroupViTError", "ImageEncoding", "InputError",
-    "TextConfig", "Tokenizer", "VisionConfig", "WeightsError", "create_model", "get_config", "load_pretrained",
-    "get_templates", "save_checkpoint", "save_pretrained", "tokenize",
+    "PRESETS", "TEMPLATES", "ConfigError", "GroupViT", "GroupViTConfig", "GroupViTError", "ImageEncoding",
+    "InputError", "SegmentationResult", "Segmenter", "TextConfig", "Tokenizer", "VisionConfig", "WeightsError",
+    "create_model", "get_config", "get_templates", "load_pretrained", "read_image", "save_checkpoint",
+    "save_pretrained", "tokenize",
 ]

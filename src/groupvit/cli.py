@@ -16,6 +16,8 @@ from groupvit.errors import GroupViTError
 # Command name -> module implementing it (imported only when that command runs).
 COMMANDS: dict[str, str] = {
     "convert": "groupvit.commands.convert",
+    "segment": "groupvit.commands.segment",
+    "eval": "groupvit.commands.eval",
     "synth": "groupvit.commands.synth",
     "shards": "groupvit.commands.shards",
 }
