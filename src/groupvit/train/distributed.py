@@ -21,7 +21,7 @@ import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from groupvit.errors import ConfigError
+from groupvit.errors import ConfigError, InputError
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class AllReduceBatchNorm1d(nn.BatchNorm1d):
         if not self.training or world() == 1:
             return super().forward(x)
         if x.dim() != 2:
-            raise ValueError(f"AllReduceBatchNorm1d expects [N, C] input, got shape {tuple(x.shape)}")
+            raise InputError(f"AllReduceBatchNorm1d expects [N, C] input, got shape {tuple(x.shape)}")
         count = all_reduce_sum(torch.tensor(float(x.shape[0]), device=x.device, dtype=torch.float64)).item()
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         mean = dist_nn.all_reduce(xf.sum(dim=0)) / count
@@ -207,7 +207,9 @@ class AllReduceBatchNorm1d(nn.BatchNorm1d):
         new = cls(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
                   track_running_stats=bn.track_running_stats)
         new.load_state_dict(bn.state_dict())
-        return new.to(next(iter(bn.state_dict().values())).device)
+        if bn.running_mean is not None:
+            new.to(bn.running_mean.device)
+        return new
 
 
 def synchronize_head_batchnorm(model: nn.Module, env: DistEnv) -> None:

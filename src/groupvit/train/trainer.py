@@ -298,7 +298,7 @@ class Trainer:
         window = _Window()
         model.train()
 
-        def evaluate() -> dict[str, float]:
+        def evaluate(epoch: int) -> dict[str, float]:
             if not hooks:
                 return {}
             model.eval()
@@ -308,7 +308,7 @@ class Trainer:
                     metrics.update(hook(model, state.step) or {})
             model.train()
             metrics = broadcast_object(metrics)
-            logger.log({"step": state.step, "epoch": state.epoch, **metrics}, kind="eval")
+            logger.log({"step": state.step, "epoch": epoch, **metrics}, kind="eval")
             result.metrics = metrics
             return metrics
 
@@ -398,7 +398,7 @@ class Trainer:
                         break  # the epoch-end block logs, evaluates and checkpoints
                     if t.log_every and state.step % t.log_every == 0:
                         log(epoch, b + 1, lr, grad_norm, getattr(loader, "skipped", 0))
-                    metrics = evaluate() if t.eval_every and state.step % t.eval_every == 0 else {}
+                    metrics = evaluate(epoch) if t.eval_every and state.step % t.eval_every == 0 else {}
                     ckpt_due = bool(t.ckpt_every) and state.step % t.ckpt_every == 0
                     if ckpt_due or manager.is_improvement(metrics, state.best_metric):
                         checkpoint(metrics)
@@ -409,7 +409,7 @@ class Trainer:
                 if window.micro_batches:
                     log(epoch, steps_per_epoch * accum, lr, grad_norm, skipped)
                 due = cfg.evaluate.at_epoch_end or (t.eval_every and state.step % t.eval_every == 0)
-                checkpoint(evaluate() if due else {})
+                checkpoint(evaluate(epoch) if due else {})
         finally:
             bar.close()
             logger.close()
