@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -157,6 +156,60 @@ def seed_everything(seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Differentiable collectives. Convention: every rank back-propagates its own loss L_r, and a
+# collective's backward hands each rank the gradient of the sum over ranks, sum_r L_r; DDP's
+# averaging of parameter gradients then yields the gradient of the mean loss.
+
+
+class _AllGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(world())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        # Sum over ranks of the gradients for the whole gathered tensor, then this rank's rows.
+        grad = grad.contiguous()
+        if dist.get_backend() == "nccl":
+            out = torch.empty((grad.shape[0] // world(), *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            dist.reduce_scatter_tensor(out, grad)
+            return out
+        total = grad.clone()
+        dist.all_reduce(total)  # gloo has no reduce-scatter
+        return total.chunk(world(), dim=0)[rank()].contiguous()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x [B, ...]`` (same shape on all) concatenated in rank order: ``[W*B, ...]``.
+
+    Backward: rank ``r`` receives, for its ``x``, the sum over ranks of the gradients flowing into rows
+    ``r*B .. (r+1)*B - 1`` of the result (a reduce-scatter). The identity in a single process.
+    """
+    return x if world() == 1 else _AllGather.apply(x)
+
+
+def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks; backward all-reduces the incoming gradient. The identity in a single process."""
+    return x if world() == 1 else _AllReduceSum.apply(x)
+
+
+# ----------------------------------------------------------------------------------------------
 # BatchNorm over the global batch (official: SyncBatchNorm in both projection heads)
 
 
@@ -171,8 +224,8 @@ class AllReduceBatchNorm1d(nn.BatchNorm1d):
       used to normalise; two passes for accuracy);
     * running statistics use the unbiased ``var * N / (N - 1)``, as ``SyncBatchNorm``.
 
-    The sums go through ``torch.distributed.nn.functional.all_reduce``, whose backward all-reduces
-    the incoming gradients: each rank's input receives the gradient of the sum of all ranks' losses
+    The sums go through :func:`all_reduce_with_grad`, whose backward all-reduces the incoming
+    gradients: each rank's input receives the gradient of the sum of all ranks' losses
     through the shared statistics, exactly what ``SyncBatchNorm``'s backward computes. Evaluation
     and single-process training are plain ``BatchNorm1d``. Parameter and buffer names are those of
     ``BatchNorm1d``, so state dicts are interchangeable.
@@ -185,9 +238,9 @@ class AllReduceBatchNorm1d(nn.BatchNorm1d):
             raise InputError(f"AllReduceBatchNorm1d expects [N, C] input, got shape {tuple(x.shape)}")
         count = all_reduce_sum(torch.tensor(float(x.shape[0]), device=x.device, dtype=torch.float64)).item()
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        mean = dist_nn.all_reduce(xf.sum(dim=0)) / count
+        mean = all_reduce_with_grad(xf.sum(dim=0)) / count
         centred = xf - mean
-        var = dist_nn.all_reduce((centred * centred).sum(dim=0)) / count
+        var = all_reduce_with_grad((centred * centred).sum(dim=0)) / count
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 assert self.num_batches_tracked is not None

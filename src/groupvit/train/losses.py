@@ -8,12 +8,12 @@ Distributed layout (official ``dist_collect`` + per-rank loss), with ``W`` ranks
 * **Local rows, global columns**: each rank scores only its own ``B`` images (and ``B`` captions,
   ``B*K`` prompts) against all gathered columns, so its targets sit at column offset ``rank*B``.
   Each loss is a mean over the local rows; the global loss is the mean over ranks.
-* **Where gradients flow**: the gather is differentiable (``torch.distributed.nn.functional.all_gather``):
-  its backward sums, over ranks, the gradients every rank computed for a slice and hands rank ``r``
-  the total for its own slice. Local features therefore receive the gradient of the *sum* of all
-  ranks' losses, both through the rows they own and through the columns other ranks used; DDP's
-  gradient averaging then turns this into the gradient of the mean loss, the same value one
-  process computes on the concatenated batch.
+* **Where gradients flow**: the gather is differentiable (:func:`gather_with_grad`, the semantics of
+  the official diffdist gather): its backward sums, over ranks, the gradients every rank computed for
+  a slice and hands rank ``r`` the total for its own slice. Local features therefore receive the
+  gradient of the *sum* of all ranks' losses, both through the rows they own and through the columns
+  other ranks used; DDP's gradient averaging then turns this into the gradient of the mean loss, the
+  same value one process computes on the concatenated batch.
 
 Single process (no process group): ``W = 1``, rank 0, the gather is the identity.
 """
@@ -23,23 +23,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import nn
 
 from groupvit.errors import InputError
 from groupvit.model import GroupViT
-from groupvit.train.distributed import rank, world
+from groupvit.train.distributed import all_gather_with_grad, rank, world
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All ranks' ``x [B, ...]`` concatenated in rank order: ``[W*B, ...]``, differentiable.
 
-    Every rank must pass the same shape. The identity in a single process.
+    Every rank must pass the same shape. Backward gives each rank the sum over ranks of the
+    gradients of its own slice (see :func:`~groupvit.train.distributed.all_gather_with_grad`).
+    The identity in a single process.
     """
-    if world() == 1:
-        return x
-    return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0)
+    return all_gather_with_grad(x)
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
