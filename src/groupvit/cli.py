@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "eval": "groupvit.commands.eval",
     "synth": "groupvit.commands.synth",
     "shards": "groupvit.commands.shards",
+    "train": "groupvit.commands.train",
 }
 
 
