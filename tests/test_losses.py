@@ -153,3 +153,25 @@ def test_objective_refuses_prompt_count_other_than_model():
     images, texts = _tiny_batch(k=2)
     with pytest.raises(InputError, match="multi_label"):
         ContrastiveObjective(model)(images, texts)
+
+
+def test_word_targets_hand_worked():
+    from groupvit.train.losses import word_multi_label_targets
+
+    a, b = 11, 22
+    words = torch.tensor([[a, b], [a, -1]])
+    image_targets, text_targets = word_multi_label_targets(words, words, rank=0)
+    third = 1 / 3
+    assert torch.allclose(image_targets, torch.tensor([[third, third, third, 0], [third, 0, third, third]]))
+    assert torch.allclose(text_targets, torch.tensor([[0.5, 0.5], [1, 0], [0.5, 0.5], [0, 1]]))
+
+
+def test_word_targets_with_distinct_words_are_the_official_ones():
+    from groupvit.train.losses import multi_label_targets, word_multi_label_targets
+
+    local = torch.tensor([[5, 6, -1], [7, 8, 9]])
+    gathered = torch.cat([torch.tensor([[1, 2, 3], [4, -1, -1]]), local])  # rank 1 of 2
+    ours = word_multi_label_targets(local, gathered, rank=1)
+    official = multi_label_targets(2, 3, rank=1, world_size=2)
+    for x, y in zip(ours, official, strict=True):
+        assert torch.equal(x, y)

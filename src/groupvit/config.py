@@ -166,15 +166,15 @@ def _gcc_redcaps() -> GroupViTConfig:
 
 
 def _small() -> GroupViTConfig:
-    # About 6 M parameters; trains at 96x96 on a laptop CPU.
+    # About 8.6 M parameters (6.3 M of them the token table): trains at 96x96 on a laptop CPU.
     return GroupViTConfig(
         vision=VisionConfig(
-            image_size=96, patch_size=8, width=192, depths=(2, 2, 1), num_heads=(3, 3, 3),
+            image_size=96, patch_size=8, width=128, depths=(2, 2, 2), num_heads=(4, 4, 4),
             num_group_tokens=(32, 8, 0), num_output_groups=(32, 8), drop_path_rate=0.0,
         ),
-        text=TextConfig(context_length=77, width=192, layers=4, heads=3),
+        text=TextConfig(context_length=77, width=128, layers=3, heads=4),
         projection_dim=128,
-        projection_hidden_dim=512,
+        projection_hidden_dim=1024,
         multi_label=3,
     )
 

@@ -62,6 +62,9 @@ class TrainSection:
     # Mixed precision on GPU: bf16, fp16 (with a GradScaler) or none. CPU always trains in float32.
     amp: str = "bf16"
     multi_label_loss_weight: float = 1.0
+    # Multi-label targets: "official" (only an image's own prompts are positives) or "words" (every prompt
+    # naming one of the image's prompt words is a positive; for small vocabularies, see losses.py).
+    multi_label_targets: str = "official"
     # Periods in optimizer steps; 0 = only at the end of each epoch.
     log_every: int = 10
     ckpt_every: int = 1000
@@ -76,6 +79,10 @@ class TrainSection:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         if self.amp not in AMP_MODES:
             raise ConfigError(f"train.amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
+        if self.multi_label_targets not in ("official", "words"):
+            raise ConfigError(
+                f"train.multi_label_targets must be 'official' or 'words', got {self.multi_label_targets!r}"
+            )
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
         if self.accumulation_steps < 0:

@@ -41,6 +41,15 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return all_gather_with_grad(x)
 
 
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``x [B, ...]`` concatenated in rank order, without gradient (e.g. integer word ids)."""
+    if world() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world())]
+    torch.distributed.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``mean_rows( sum_cols( -targets * log_softmax(logits) ) )`` for ``logits, targets [N, M]``."""
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
@@ -96,9 +105,45 @@ def multi_label_targets(
     return image_targets, text_targets
 
 
+def word_multi_label_targets(
+    words: torch.Tensor, all_words: torch.Tensor, rank: int, dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft targets of the multi-label loss when prompts of the same word are positives for each other.
+
+    The official targets treat another image's prompt as a negative even when it names the same word;
+    with a small vocabulary (e.g. eight shape nouns) most prompts of a batch repeat, and those targets
+    contradict each other. Here image ``i`` and prompt ``(j, k)`` match when ``all_words[j, k]`` is one
+    of image ``i``'s prompt words, or when the prompt is image ``i``'s own; each row is normalised to sum 1.
+
+    Args:
+        words: local word ids ``[B, K]`` (-1: a caption copy used as padding, matching its own image only).
+        all_words: gathered word ids ``[W*B, K]`` (rank-major).
+
+    Returns ``image_targets [B, W*B*K]`` and ``text_targets [B*K, W*B]``; with all words distinct they
+    equal :func:`multi_label_targets`.
+    """
+    batch, k = words.shape
+    own = contrastive_labels(batch, rank, words.device)  # [B]
+    flat = all_words.reshape(-1)  # [W*B*K], column (j, k) -> j*K + k
+    # image i <-> prompt column c: the column's word is one of image i's words (padding never matches) ...
+    same = (words[:, :, None] == flat[None, None, :]) & (words[:, :, None] >= 0)  # [B, K, W*B*K]
+    image_match = same.any(dim=1)
+    # ... or the column is one of image i's own prompts.
+    own_columns = own[:, None] * k + torch.arange(k, device=words.device)[None, :]
+    image_match.scatter_(1, own_columns, True)
+    # prompt (i, k) <-> image j: image j has the prompt's word among its words, or j is the prompt's own image.
+    text_match = ((words.reshape(-1)[:, None, None] == all_words[None]) & (words.reshape(-1)[:, None, None] >= 0))
+    text_match = text_match.any(dim=2)  # [B*K, W*B]
+    text_match.scatter_(1, own.repeat_interleave(k)[:, None], True)
+    image_targets = image_match.to(dtype)
+    text_targets = text_match.to(dtype)
+    return image_targets / image_targets.sum(1, keepdim=True), text_targets / text_targets.sum(1, keepdim=True)
+
+
 def multi_label_loss(
     image: torch.Tensor, prompts: torch.Tensor, all_image: torch.Tensor, all_prompts: torch.Tensor,
     scale: torch.Tensor, rank: int, world_size: int,
+    targets: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Official multi-label contrastive loss of one rank (section 2.3 of the reference).
 
@@ -110,10 +155,13 @@ def multi_label_loss(
 
     Image side: ``B`` rows against all ``W*B*K`` prompts, soft target ``1/K`` on the own prompts.
     Text side: ``B*K`` local prompts against the ``W*B`` images, target 1 on the own image.
+    ``targets`` replaces these official targets (e.g. by :func:`word_multi_label_targets`).
     Returns ``0.5 * (SoftCE(image side) + SoftCE(text side))``.
     """
     batch, k, dim = prompts.shape
-    image_targets, text_targets = multi_label_targets(batch, k, rank, world_size, image.device, image.dtype)
+    if targets is None:
+        targets = multi_label_targets(batch, k, rank, world_size, image.device, image.dtype)
+    image_targets, text_targets = targets
     logits_image = scale * image @ all_prompts.reshape(-1, dim).t()  # [B, W*B*K]
     logits_text = scale * prompts.reshape(-1, dim) @ all_image.t()  # [B*K, W*B]
     return 0.5 * (
@@ -146,11 +194,12 @@ class GroupViTLoss(nn.Module):
 
     def forward(
         self, image: torch.Tensor, texts: torch.Tensor, scale: torch.Tensor,
-        multi_label_scale: torch.Tensor | None = None,
+        multi_label_scale: torch.Tensor | None = None, prompt_words: torch.Tensor | None = None,
     ) -> LossOutput:
         """``image [B, D]`` and ``texts [B, 1+K, D]`` (index 0 the caption), both L2-normalised.
 
-        ``multi_label_scale`` defaults to ``scale`` (shared temperature).
+        ``multi_label_scale`` defaults to ``scale`` (shared temperature). ``prompt_words [B, K]`` (word ids,
+        gathered without gradient) switches the multi-label targets to :func:`word_multi_label_targets`.
         """
         if texts.dim() != 3 or texts.shape[0] != image.shape[0]:
             raise InputError(
@@ -163,7 +212,10 @@ class GroupViTLoss(nn.Module):
         if texts.shape[1] == 1:
             return LossOutput(itc, itc, None)
         ml_scale = scale if multi_label_scale is None else multi_label_scale
-        ml = multi_label_loss(image, texts[:, 1:], all_image, all_texts[:, 1:], ml_scale, r, w)
+        targets = None
+        if prompt_words is not None:
+            targets = word_multi_label_targets(prompt_words, gather_no_grad(prompt_words), r, image.dtype)
+        ml = multi_label_loss(image, texts[:, 1:], all_image, all_texts[:, 1:], ml_scale, r, w, targets)
         return LossOutput(itc + self.multi_label_weight * ml, itc, ml)
 
 
@@ -186,7 +238,9 @@ class ContrastiveObjective(nn.Module):
         self.model = model
         self.loss = GroupViTLoss(multi_label_weight)
 
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> LossOutput:
+    def forward(
+        self, images: torch.Tensor, texts: torch.Tensor, prompt_words: torch.Tensor | None = None
+    ) -> LossOutput:
         k = self.model.config.multi_label
         if texts.dim() == 2:
             texts = texts[:, None]
@@ -199,4 +253,4 @@ class ContrastiveObjective(nn.Module):
         text = F.normalize(_at_least_fp32(self.model.encode_text(texts, normalize=False)), dim=-1)
         scale = self.model.scale()
         ml_scale = self.model.scale(multi_label=True) if k > 0 else None
-        return self.loss(image, text, scale, ml_scale)
+        return self.loss(image, text, scale, ml_scale, prompt_words)

@@ -364,6 +364,7 @@ class Trainer:
                                          f"of epoch {epoch}")
                     images = batch["images"].to(env.device, non_blocking=True)
                     texts = batch["texts"].to(env.device, non_blocking=True)
+                    words = batch["prompt_words"].to(env.device) if t.multi_label_targets == "words" else None
                     if tuple(images.shape[-2:]) != (image_size, image_size):
                         raise InputError(f"the loader gives {tuple(images.shape[-2:])} images but the model trains at "
                                          f"{image_size}x{image_size}; set the data image size to {image_size}")
@@ -374,7 +375,7 @@ class Trainer:
                     sync = contextlib.nullcontext() if last_micro or wrapped is objective else wrapped.no_sync()
                     with sync:
                         with torch.autocast(env.device.type, dtype=amp_dtype, enabled=use_amp):
-                            out = wrapped(images, texts)
+                            out = wrapped(images, texts, words)
                         loss = out.total / accum
                         (scaler.scale(loss) if scaler is not None else loss).backward()
                     window.add(out, images.shape[0])
