@@ -15,6 +15,7 @@ from groupvit.errors import GroupViTError
 
 # Command name -> module implementing it (imported only when that command runs).
 COMMANDS: dict[str, str] = {
+    "demo": "groupvit.commands.demo",
     "convert": "groupvit.commands.convert",
     "segment": "groupvit.commands.segment",
     "eval": "groupvit.commands.eval",

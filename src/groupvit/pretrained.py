@@ -8,6 +8,8 @@ from pathlib import Path
 from groupvit.errors import WeightsError
 
 DEFAULT_WEIGHTS = "groupvit-synthetic-small.pt"
+# Background threshold of the shipped model, chosen on scenes of a seed not used for reporting.
+DEFAULT_BG_THRESH = 0.95
 
 
 def default_weights_path() -> Path:

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from groupvit.commands.segment import add_model_arguments, load_model
+from groupvit.commands.segment import add_model_arguments, load_model, window_settings
 from groupvit.errors import InputError
 
 HELP = "zero-shot evaluation: segmentation mIoU (VOC, Context, COCO-Object, VOC layout) or classification accuracy"
@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.weights, args.device)
         bg_thresh = dataset.bg_thresh if args.bg_thresh is None else args.bg_thresh
         segmenter = Segmenter(model, dataset.class_names, background=dataset.background, bg_thresh=bg_thresh,
-                              templates=args.templates or "simple", mode=args.mode, batch_size=args.batch_size)
+                              templates=args.templates or "simple", mode=args.mode, batch_size=args.batch_size,
+                              **window_settings(args))
         settings = {
             "mode": segmenter.mode, "bg_thresh": segmenter.bg_thresh, "background": segmenter.background,
             "templates": args.templates or "simple", "short_side": segmenter.short_side,

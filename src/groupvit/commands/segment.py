@@ -58,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
 
 
+def window_settings(args: argparse.Namespace) -> dict[str, int]:
+    """The resize and sliding-window options as :class:`~groupvit.Segmenter` keywords."""
+    return {"short_side": args.short_side, "window": args.window, "stride": args.stride}
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared with ``groupvit eval``: weights, device, inference mode, templates, batch size."""
     parser.add_argument(
@@ -66,6 +71,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mode", choices=("slide", "whole"), default="slide",
                         help="448x448 windows every 224 px (official), or the whole image at once")
+    parser.add_argument("--short-side", type=int, default=448,
+                        help="resize the short side to this many pixels first (official 448; the shipped "
+                        "synthetic-scenes model: 96 with --mode whole)")
+    parser.add_argument("--window", type=int, default=448, help="sliding window side in pixels (default 448)")
+    parser.add_argument("--stride", type=int, default=224, help="sliding window stride in pixels (default 224)")
     parser.add_argument("--templates", choices=sorted(TEMPLATES), default=None,
                         help="prompt templates (default: simple for segmentation, subset for classification)")
     parser.add_argument("--batch-size", type=int, default=4,
@@ -167,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.weights, args.device)
     segmenter = Segmenter(
         model, names, background=not args.no_background, bg_thresh=bg_thresh, templates=args.templates or "simple",
-        mode=args.mode, batch_size=args.batch_size,
+        mode=args.mode, batch_size=args.batch_size, **window_settings(args),
     )
     failures = 0
 

@@ -1,0 +1,30 @@
+"""The offline demo and the shipped model."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+import groupvit
+from groupvit.cli import main as cli_main
+
+
+def test_demo_writes_pictures_and_reports_miou(tmp_path, capsys):
+    torch.manual_seed(0)
+    weights = groupvit.save_checkpoint(groupvit.create_model("tiny"), tmp_path / "tiny.pt")
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--weights", str(weights), "--out", str(out), "--num", "3", "--show", "2",
+                     "--seed", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"mIoU +\d+\.\d", printed)) == 2
+    for split in ("all", "heldout"):
+        for i in range(2):
+            for kind in ("overlay", "truth", "groups"):
+                assert (out / f"{split}_{i:02d}_{kind}.png").is_file()
+    assert not (out / "all_02_overlay.png").exists()
+
+
+def test_demo_bad_arguments_exit_2(tmp_path, capsys):
+    assert cli_main(["demo", "--num", "0", "--out", str(tmp_path)]) == 2
+    assert "--num" in capsys.readouterr().err
