@@ -25,7 +25,6 @@ from groupvit.data.synthetic import (
     background_texture,
     render_scene,
     shape_mask,
-    voc_palette,
     write_shards,
     write_voc_scenes,
 )
@@ -37,6 +36,7 @@ from groupvit.data.synthetic_captions import (
     region_of,
 )
 from groupvit.errors import ConfigError, InputError
+from groupvit.segment.visualize import voc_palette
 
 
 def shape_word(shape: str, caption: str) -> bool:
@@ -66,7 +66,7 @@ def test_vocabularies_and_heldout_pairs():
 
 
 def test_voc_palette_matches_the_voc_colour_map():
-    palette = voc_palette()
+    palette = voc_palette().reshape(-1).tolist()
     assert len(palette) == 768
     assert palette[0:3] == [0, 0, 0]
     assert palette[3:6] == [128, 0, 0]

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from groupvit.data.synthetic_captions import BACKGROUND_PHRASES, build_caption
 from groupvit.errors import ConfigError, InputError
 from groupvit.fileio import atomic_path
+from groupvit.segment.visualize import voc_palette
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross", "diamond", "hexagon")
 
@@ -557,20 +558,6 @@ def _png_bytes(array: np.ndarray, palette: list[int] | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map as a flat list of 768 ints (index 1 = (128, 0, 0), 255 = (224, 224, 192))."""
-    palette = []
-    for index in range(256):
-        rgb = [0, 0, 0]
-        value = index
-        for bit in range(8):
-            for channel in range(3):
-                rgb[channel] |= ((value >> channel) & 1) << (7 - bit)
-            value >>= 3
-        palette.extend(rgb)
-    return palette
-
-
 def _prepare_dir(path: Path) -> Path:
     """Create ``path`` and check it is writable, else raise InputError."""
     try:
@@ -712,7 +699,7 @@ def write_voc_scenes(
         for name in ("JPEGImages", "SegmentationClass", "SegmentationClassStuff")
     }
     sets = _prepare_dir(voc / "ImageSets" / "Segmentation")
-    palette = voc_palette()
+    palette = voc_palette().reshape(-1).tolist()
     ids: list[str] = []
     captions: dict[str, str] = {}
     objects: dict[str, list[dict]] = {}
