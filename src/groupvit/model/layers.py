@@ -88,12 +88,21 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample factor ``[B, 1, ..., 1]``: 0 for a dropped sample, ``1 / (1 - p)`` for a kept one."""
+        keep = 1.0 - self.p
+        return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not self.training:
             return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x * self._scale(x)
+
+    def add(self, residual: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """``residual + self(branch)`` in one pass over the tensors (``addcmul`` with the per-sample factor)."""
+        if self.p == 0.0 or not self.training:
+            return residual + branch
+        return torch.addcmul(residual, branch, self._scale(branch))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -117,7 +126,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        h = self.num_heads
+        # Split along heads of a [B, 3h, N, d] view: in backward the three gradients are joined by a
+        # single concatenation (unbinding a permuted [3, B, h, N, d] view costs a stack and a copy).
+        q, k, v = self.qkv(x).view(B, N, 3 * h, C // h).transpose(1, 2).split(h, dim=1)
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.0, is_causal=causal
         )
@@ -168,13 +180,13 @@ class TransformerBlock(nn.Module):
         self.causal = causal
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = SelfAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), causal=self.causal))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.drop_path.add(x, self.attn(self.norm1(x), causal=self.causal))
+        return self.drop_path.add(x, self.mlp(self.norm2(x)))
 
 
 class CrossAttentionBlock(nn.Module):
