@@ -188,3 +188,14 @@ def test_cli_reports_bad_weights_with_status_2(tmp_path, capsys):
     assert cli_main(["convert", str(tmp_path / "nope.pth"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such file" in err[0]
+
+
+def test_cli_convert_half_precision(tiny, inputs, tmp_path):
+    src = groupvit.save_checkpoint(tiny, tmp_path / "full.pt")
+    assert cli_main(["convert", str(src), str(tmp_path / "half.pt"), "--half"]) == 0
+    raw = torch.load(tmp_path / "half.pt", weights_only=True)
+    assert {t.dtype for t in raw["model"].values() if t.is_floating_point()} == {torch.float16}
+    loaded = load_pretrained(tmp_path / "half.pt")
+    assert next(loaded.parameters()).dtype == torch.float32
+    ours, ref = outputs(loaded, *inputs), outputs(tiny, *inputs)
+    assert (ours[2] - ref[2]).abs().max() < 1e-2

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--to", choices=["hf", "own"], default=None,
         help="output format (default: 'own' when DST ends in .pt/.pth, else 'hf')",
     )
+    parser.add_argument("--half", action="store_true", help="store float tensors as float16 (half the size)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     if fmt == "hf" and dst.suffix in {".pt", ".pth"}:
         raise InputError(f"{dst} looks like a file, but the Hugging Face format is a directory; drop the suffix")
     model = load_pretrained(args.src)
+    if args.half:
+        model = model.half()
     written = save_pretrained(model, dst) if fmt == "hf" else save_checkpoint(model, dst)
     print(f"wrote {'Hugging Face directory' if fmt == 'hf' else 'checkpoint'} {written}")
     return 0
