@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,16 @@ from torch.utils.flop_counter import FlopCounterMode
 import groupvit
 
 REPO = Path(__file__).resolve().parent.parent
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+# Process CPU time is immune to time slices lost to other processes, but with several threads it
+# also counts their spin-waiting: it is offered for single-threaded runs only.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def markers(args: argparse.Namespace) -> tuple[str, str]:
+    """Start and end lines of the generated block; one block per clock and thread count."""
+    tag = f"{args.clock}-{args.threads}t"
+    return f"<!-- results:{tag}:start -->", f"<!-- results:{tag}:end -->"
+
 # Other tenants using more than this many cores during a phase make its numbers suspect.
 BUSY_CORES = 0.25
 
@@ -67,6 +77,7 @@ class PhaseResult:
     share: machine.CpuShare
     load_before: float | None
     discarded: int
+    flops: dict[str, int]
 
 
 @dataclass
@@ -87,7 +98,6 @@ class Results:
     args: argparse.Namespace
     phases: dict[str, PhaseResult] = field(default_factory=dict)
     memory: dict[tuple[str, str], Memory] = field(default_factory=dict)
-    flops: dict[str, float] = field(default_factory=dict)
     matmul: list[machine.MatmulRate] = field(default_factory=list)
     parity: float | None = None
     load_average: list[tuple[float, float, float] | None] = field(default_factory=list)
@@ -98,12 +108,14 @@ class Results:
 
 
 def time_interleaved(
-    steps: dict[str, workloads.Step], warmup: int, runs: int, wait_s: float = 0.0
+    steps: dict[str, workloads.Step], warmup: int, runs: int, wait_s: float = 0.0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[dict[str, Timing], machine.CpuShare, int]:
     """Run the steps in turn (order reversed every other round): ``warmup`` untimed rounds, ``runs`` timed ones.
 
     With ``wait_s > 0`` a round during which other processes took more than ``BUSY_CORES`` is thrown
     away and re-run after waiting (up to ``wait_s``) for them to go idle, at most ``runs`` times.
+    ``clock`` gives the seconds (wall clock, or process CPU time for single-threaded runs).
     Returns the timings, the CPU share over the kept rounds and the number of rounds thrown away.
     """
     names = list(steps)
@@ -117,9 +129,9 @@ def time_interleaved(
         round_times = {}
         with machine.cpu_share() as share:
             for name in names if len(shares) % 2 == 0 else reversed(names):
-                start = time.perf_counter()
+                start = clock()
                 steps[name]()
-                round_times[name] = time.perf_counter() - start
+                round_times[name] = clock() - start
         other = share[0].other_cores
         if wait_s > 0 and other is not None and other > BUSY_CORES and discarded < runs:
             discarded += 1
@@ -137,15 +149,24 @@ def time_interleaved(
 
 def _sdpa_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
                **kwargs: Any) -> int:
-    """Multiply-adds of ``softmax(q kᵀ) v`` counted as 2 FLOP each (the CPU kernel has no formula in torch)."""
+    """``q kᵀ`` and ``p v``: 2 FLOP per multiply-add (torch has no formula for the CPU kernel)."""
     b, h, lq, d = query_shape
     return 2 * b * h * lq * key_shape[2] * (d + value_shape[3])
 
 
+def _sdpa_backward_flop(grad_shape: Any, query_shape: Any, key_shape: Any, value_shape: Any, *args: Any,
+                        out_shape: Any = None, **kwargs: Any) -> int:
+    """Backward: ``q kᵀ`` recomputed, then ``dv``, ``dp``, ``dq``, ``dk``."""
+    b, h, lq, d = query_shape
+    return 2 * b * h * lq * key_shape[2] * (3 * d + 2 * value_shape[3])
+
+
 def count_flops(step: workloads.Step) -> int:
-    """Matrix-multiply and convolution FLOPs of one call of ``step`` (``FlopCounterMode``)."""
-    sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    with FlopCounterMode(display=False, custom_mapping={sdpa: _sdpa_flop}) as counter:
+    """Matrix-multiply, convolution and attention FLOPs of one call of ``step`` (``FlopCounterMode``)."""
+    ops = torch.ops.aten
+    mapping = {ops._scaled_dot_product_flash_attention_for_cpu: _sdpa_flop,
+               ops._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         step()
     return counter.get_total_flops()
 
@@ -154,9 +175,10 @@ def run_phase(key: str, models: dict[str, Any], args: argparse.Namespace) -> Pha
     phase = workloads.phase(key)
     steps = {label: factory(models[impl]) for label, (impl, factory) in phase.variants.items()}
     load = machine.wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else machine.other_load(0.5)
+    flops = {label: count_flops(step) for label, step in steps.items()}
     gc.collect()
-    timings, share, discarded = time_interleaved(steps, args.warmup, args.runs, args.wait_quiet)
-    return PhaseResult(timings, share, load, discarded)
+    timings, share, discarded = time_interleaved(steps, args.warmup, args.runs, args.wait_quiet, CLOCKS[args.clock])
+    return PhaseResult(timings, share, load, discarded, flops)
 
 
 def memory_child(args: argparse.Namespace) -> None:
@@ -201,15 +223,17 @@ def render(results: Results) -> str:
     flags = machine.cpu_flags()
     isa = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags) or "n/a"
     memory = machine.total_memory_gib()
+    start, end = markers(args)
     lines = [
-        START,
+        start,
         f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in {results.elapsed_s:.0f} s.",
         "",
         f"* Machine: {machine.cpu_model()} ({isa}), {machine.usable_cores()} usable cores"
         + (f", {memory:.0f} GiB RAM" if memory else "") + "; no GPU.",
         f"* Software: {_versions()}; `torch.get_num_threads() = {args.threads}`.",
         f"* Command: `{args.command}`",
-        f"* Runs: {args.warmup} warm-up + {args.runs} timed per variant, interleaved; medians (best in brackets).",
+        f"* Runs: {args.warmup} warm-up + {args.runs} timed per variant, interleaved; medians (best in brackets) of "
+        + ("wall-clock time." if args.clock == "wall" else "process CPU time (one thread)."),
         f"* Weights: random, `groupvit.create_model(\"{workloads.PRESET}\")` → `save_pretrained` → "
         "`transformers.GroupViTModel.from_pretrained`; image embeddings of the two agree to "
         + (f"{results.parity:.1e}" if results.parity is not None else "n/a") + " (max abs).",
@@ -229,33 +253,38 @@ def render(results: Results) -> str:
         ratio = ref.median / ours.median
         target = "—" if row.target is None else f"≥ {row.target:.2f}× {'met' if ratio >= row.target else 'missed'}"
         other = "n/a" if res.share.other_cores is None else f"{res.share.other_cores:.2f}"
-        busy = " ⚠" if res.share.other_cores is not None and res.share.other_cores > BUSY_CORES else ""
+        busy = (" ⚠" if args.clock == "wall" and res.share.other_cores is not None
+                and res.share.other_cores > BUSY_CORES else "")
         lines.append(f"| {row.title} | {_ms(ours.median)} ({_ms(ours.best)}) | {_ms(ref.median)} ({_ms(ref.best)}) "
                      f"| **{ratio:.2f}×** | {target} | {res.share.own_cores:.2f} / {other}{busy} "
                      f"| {res.discarded} |")
-    lines += ["", "CPU column: cores used by this process / by other processes during the kept rounds "
-              f"(⚠ above {BUSY_CORES} cores: the host was shared, treat that row with care). Discarded: timed "
-              "rounds thrown away and re-run because other processes were busy (`--wait-quiet`)."]
+    lines += ["", "CPU column: cores used by this process / by other processes during the kept rounds"
+              + (f" (⚠ above {BUSY_CORES} cores: the host was shared, treat that row with care)"
+                 if args.clock == "wall" else "") + ". Discarded: timed rounds thrown away and re-run because "
+              "other processes were busy (`--wait-quiet`)."]
 
-    if results.flops and results.matmul:
+    if results.matmul:
         rate = max(m.median_gflops for m in results.matmul)
-        lines += ["", "### Achieved matrix-multiply throughput of the image encoder", "",
+        lines += ["", "### Achieved throughput", "",
                   "Machine rate: fp32 `torch.mm` of two "
                   f"{results.matmul[0].n}×{results.matmul[0].n} matrices, median "
                   + " / ".join(f"{m.median_gflops:.0f} (best {m.best_gflops:.0f})" for m in results.matmul)
-                  + f" GFLOP/s at the start / end of the run; the higher median, {rate:.0f} GFLOP/s, is the reference.",
-                  "FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolution and "
-                  "attention; layer norms and activations not counted).", "",
-                  "| workload | GFLOP | ours GFLOP/s | % of mm rate | transformers GFLOP/s | % of mm rate |",
-                  "|---|---|---|---|---|---|"]
+                  + f" GFLOP/s at the start / end of the run; the higher median, {rate:.0f} GFLOP/s, is the reference. "
+                  "FLOPs of one call counted with `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolution "
+                  "and attention, forward and backward; normalisation, activations and the optimiser not counted), "
+                  "divided by the median time.", "",
+                  "| workload | ours GFLOP | GFLOP/s | % of mm rate | transformers GFLOP | GFLOP/s | % of mm rate |",
+                  "|---|---|---|---|---|---|---|"]
         for row in workloads.ROWS:
-            key, res = row.phase, results.phases.get(row.phase)
-            if res is None or key not in results.flops:
+            res = results.phases.get(row.phase)
+            if res is None:
                 continue
-            gflop = results.flops[key] / 1e9
-            ours, ref = gflop / res.timings["ours"].median, gflop / res.timings["transformers"].median
-            lines.append(f"| {row.title} | {gflop:.2f} | {ours:.0f} | {100 * ours / rate:.0f} % | {ref:.0f} "
-                         f"| {100 * ref / rate:.0f} % |")
+            cells = []
+            for label in (row.ours, row.reference):
+                gflop = res.flops[label] / 1e9
+                achieved = gflop / res.timings[label].median
+                cells.append(f"{gflop:.1f} | {achieved:.0f} | {100 * achieved / rate:.0f} %")
+            lines.append(f"| {row.title} | {cells[0]} | {cells[1]} |")
 
     if results.memory:
         method = next(iter(results.memory.values())).method
@@ -274,19 +303,19 @@ def render(results: Results) -> str:
                 return f"{m.peak_mib:,.0f} MiB{inc}"
 
             lines.append(f"| {row.title} | {cell(ours)} | {cell(ref)} |")
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines) + "\n"
 
 
-def write_report(text: str, path: Path) -> None:
-    """Replace the results block of ``path`` (between the markers), or create the file around it."""
-    if path.exists():
-        current = path.read_text()
-        if START in current and END in current:
-            head, rest = current.split(START, 1)
-            path.write_text(head + text.rstrip("\n") + rest.split(END, 1)[1])
-            return
-    path.write_text("# Benchmarks\n\n" + text)
+def write_report(text: str, path: Path, args: argparse.Namespace) -> None:
+    """Replace this configuration's block of ``path`` (between its markers), else append the block."""
+    start, end = markers(args)
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in current and end in current:
+        head, rest = current.split(start, 1)
+        path.write_text(head + text.rstrip("\n") + rest.split(end, 1)[1])
+    else:
+        path.write_text(current.rstrip("\n") + "\n\n" + text)
 
 
 # --- driver --------------------------------------------------------------------------------------------
@@ -299,6 +328,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: usable cores)")
     parser.add_argument("--phases", default=",".join(p.key for p in workloads.PHASES),
                         help="comma-separated subset of " + ", ".join(p.key for p in workloads.PHASES))
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall (default) or cpu: process CPU time, for --threads 1 on a busy shared host")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="on a shared host: before each phase wait up to this long for other processes to go "
@@ -308,6 +339,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.threads = args.threads or machine.usable_cores()
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu needs --threads 1 (CPU time of several threads includes their spin-waiting)")
     args.command = "python benchmarks/bench_vs_transformers.py" + "".join(
         f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
     return args
@@ -333,16 +366,13 @@ def main(argv: list[str] | None = None) -> None:
                                     - torch.nn.functional.normalize(
                                         models[workloads.REFERENCE].get_image_features(pixel_values=check)
                                         .pooler_output, dim=-1)).abs().max())
-        results.matmul.append(machine.matmul_rate())
-        for key in ("embed_b1", "embed_b8"):
-            if key in keys:
-                results.flops[key] = count_flops(workloads.phase(key).variants["ours"][1](ours))
+        results.matmul.append(machine.matmul_rate(clock=CLOCKS[args.clock]))
         for key in keys:  # training is last: it changes the weights
             results.phases[key] = res = run_phase(key, models, args)
             summary = ", ".join(f"{label} {_ms(t.median)}" for label, t in res.timings.items())
             print(f"{key}: {summary}; other processes {res.share.other_cores} cores, "
                   f"{res.discarded} rounds discarded", flush=True)
-        results.matmul.append(machine.matmul_rate())
+        results.matmul.append(machine.matmul_rate(clock=CLOCKS[args.clock]))
         del models, ours
         gc.collect()
         if not args.no_memory:
@@ -355,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     report = render(results)
     print(report)
     if args.output != "-":
-        write_report(report, Path(args.output))
+        write_report(report, Path(args.output), args)
 
 
 if __name__ == "__main__":

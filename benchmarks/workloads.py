@@ -182,7 +182,7 @@ def ours_train(model: groupvit.GroupViT) -> Step:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -198,7 +198,7 @@ def reference_train(model: Any) -> Step:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
