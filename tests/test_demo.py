@@ -8,6 +8,7 @@ import torch
 
 import groupvit
 from groupvit.cli import main as cli_main
+from groupvit.pretrained import default_weights_path
 
 
 def test_demo_writes_pictures_and_reports_miou(tmp_path, capsys):
@@ -28,3 +29,15 @@ def test_demo_writes_pictures_and_reports_miou(tmp_path, capsys):
 def test_demo_bad_arguments_exit_2(tmp_path, capsys):
     assert cli_main(["demo", "--num", "0", "--out", str(tmp_path)]) == 2
     assert "--num" in capsys.readouterr().err
+
+
+def test_shipped_model_is_small_half_precision_and_loads():
+    path = default_weights_path()
+    assert path.stat().st_size <= 25 * 2**20
+    raw = torch.load(path, weights_only=True)
+    assert {t.dtype for t in raw["model"].values() if t.is_floating_point()} == {torch.float16}
+    model = groupvit.load_pretrained(path)
+    assert model.config.vision.image_size == 96 and not model.training
+    with torch.no_grad():
+        text = model.encode_text(groupvit.tokenize(["a photo of a star.", "a photo of a heart."]))
+    assert torch.isfinite(text).all()
