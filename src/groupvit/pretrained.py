@@ -8,7 +8,7 @@ from pathlib import Path
 from groupvit.errors import WeightsError
 
 DEFAULT_WEIGHTS = "groupvit-synthetic-small.pt"
-# Background threshold of the shipped model, chosen on scenes of a seed not used for reporting.
+# Background threshold used with the shipped model: the official VOC value.
 DEFAULT_BG_THRESH = 0.95
 
 
