@@ -13,6 +13,14 @@ from typing import Any
 from groupvit.errors import ConfigError
 
 
+def check_keys(klass: type, data: dict[str, Any], what: str) -> None:
+    """Raise :class:`ConfigError` naming the keys of ``data`` that are not fields of the dataclass ``klass``."""
+    known = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {unknown}; known keys are {sorted(known)}")
+
+
 @dataclass
 class VisionConfig:
     """The grouping vision transformer.
@@ -145,15 +153,9 @@ class GroupViTConfig:
         data = dict(data)
         vision = dict(data.pop("vision", {}))
         text = dict(data.pop("text", {}))
-        for name, klass, values in (("vision", VisionConfig, vision), ("text", TextConfig, text)):
-            known = {f.name for f in dataclasses.fields(klass)}
-            unknown = sorted(set(values) - known)
-            if unknown:
-                raise ConfigError(f"unknown {name} config keys {unknown}; known keys are {sorted(known)}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; known keys are {sorted(known)}")
+        check_keys(VisionConfig, vision, "vision config")
+        check_keys(TextConfig, text, "text config")
+        check_keys(cls, data, "model config")
         return cls(vision=VisionConfig(**vision), text=TextConfig(**text), **data)
 
 

@@ -43,13 +43,14 @@ import itertools
 import logging
 import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from groupvit.config import check_keys
 from groupvit.data.sources import RawSample, SampleError, Source, Unit, build_source, decode_sample
 from groupvit.data.transforms import ImageAugConfig, TrainTransform
 from groupvit.errors import ConfigError, InputError
@@ -115,10 +116,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
         """Build from a plain dict (``image`` may be a dict); unknown keys raise ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown data config keys {unknown}; known keys are {sorted(known)}")
+        check_keys(cls, data, "data config")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

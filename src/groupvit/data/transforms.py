@@ -11,13 +11,14 @@ augmentation depends only on the generator it is given (the loader derives one p
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from groupvit.config import check_keys
 from groupvit.data.randaugment import RandAugment, parse_rand_augment
 from groupvit.errors import ConfigError
 
@@ -94,10 +95,7 @@ class ImageAugConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageAugConfig:
         """Build from a plain dict (e.g. parsed YAML); unknown keys raise ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown image augmentation keys {unknown}; known keys are {sorted(known)}")
+        check_keys(cls, data, "image augmentation")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
