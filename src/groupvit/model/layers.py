@@ -19,7 +19,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     Elsewhere ``F.linear`` is used (GPU libraries fuse the bias into the product).
     """
     if x.device.type != "cpu" or bias is None:
-        return linear(x, weight, bias)
+        return F.linear(x, weight, bias)
     return torch.matmul(x, weight.t()).add_(bias)
 
 
