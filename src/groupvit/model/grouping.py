@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from groupvit.model.layers import CrossAttentionBlock, FusedLinear, Linear, Mlp, TokenMlp
+from groupvit.model.layers import CrossAttentionBlock, FusedLinear, Mlp, TokenMlp
 
 
 class Assignment(NamedTuple):
@@ -53,10 +53,10 @@ class AssignAttention(nn.Module):
         self.gumbel = gumbel
         self.gumbel_tau = gumbel_tau
         self.assign_eps = assign_eps
-        self.q_proj = Linear(dim, dim, bias=qkv_bias)
-        self.k_proj = Linear(dim, dim, bias=qkv_bias)
-        self.v_proj = Linear(dim, dim, bias=qkv_bias)
-        self.proj = Linear(dim, dim)
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
 
     def logits(self, groups: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Raw assignment logits ``[B, S, L]`` of groups ``[B, S, C]`` and tokens ``[B, L, C]``."""

@@ -13,7 +13,6 @@ from torch import nn
 
 from groupvit.config import GroupViTConfig
 from groupvit.model.grouping import Assignment
-from groupvit.model.layers import Linear
 from groupvit.model.text import TextEncoder
 from groupvit.model.vision import VisionEncoder
 
@@ -30,9 +29,9 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.fc1 = Linear(in_dim, hidden_dim)
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.bn = nn.BatchNorm1d(hidden_dim)
-        self.fc2 = Linear(hidden_dim, out_dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
