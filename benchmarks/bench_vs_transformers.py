@@ -114,7 +114,8 @@ def time_interleaved(
     """Run the steps in turn (order reversed every other round): ``warmup`` untimed rounds, ``runs`` timed ones.
 
     With ``wait_s > 0`` a round during which other processes took more than ``BUSY_CORES`` is thrown
-    away and re-run after waiting (up to ``wait_s``) for them to go idle, at most ``runs`` times.
+    away and re-run after waiting (up to ``wait_s``) for them to go idle and one untimed call of each
+    step, at most ``runs`` times.
     ``clock`` gives the seconds (wall clock, or process CPU time for single-threaded runs).
     Returns the timings, the CPU share over the kept rounds and the number of rounds thrown away.
     """
@@ -136,6 +137,9 @@ def time_interleaved(
         if wait_s > 0 and other is not None and other > BUSY_CORES and discarded < runs:
             discarded += 1
             machine.wait_for_quiet(wait_s)
+            # After idling, the first call pays for waking the worker threads: warm them again.
+            for name in names:
+                steps[name]()
             continue
         shares.append(share[0])
         for name, seconds in round_times.items():

@@ -142,13 +142,3 @@ def test_interpolated_position_table_is_direct_bicubic():
     got = groupvit.model.interpolate_pos_embed(table, grid)
     assert torch.equal(got, expected)
     assert groupvit.model.interpolate_pos_embed(table, (4, 4)) is table
-
-
-def test_linear_matches_torch_with_and_without_bias():
-    from groupvit.model.layers import Linear
-
-    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(7))
-    for bias in (True, False):
-        layer = Linear(8, 4, bias=bias)
-        reference = torch.nn.functional.linear(x, layer.weight, layer.bias)
-        assert torch.allclose(layer(x), reference, atol=1e-6)
