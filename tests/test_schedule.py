@@ -105,3 +105,29 @@ def test_optimizer_is_official_adamw():
     for group in optimizer.param_groups:
         assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+
+
+def test_first_adamw_step_by_hand_fused_and_per_tensor():
+    # Step 1 of AdamW: m_hat = g and v_hat = g^2, so p <- p * (1 - lr * wd) - lr * g / (|g| + eps).
+    lr, eps = 0.1, 1e-8
+    for fused in (None, False):
+        model = _Toy()
+        with torch.no_grad():
+            for i, p in enumerate(model.parameters()):
+                p.copy_(torch.linspace(-1.0, 1.0, p.numel()).reshape(p.shape) + i)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer = build_optimizer(model, lr=lr, weight_decay=0.05, eps=eps, fused=fused)
+        assert bool(optimizer.defaults["fused"]) is (fused is None)
+        grads = {n: torch.full_like(p, -0.5 if i % 2 else 2.0) for i, (n, p) in enumerate(model.named_parameters())}
+        for n, p in model.named_parameters():
+            p.grad = grads[n].clone() if p.requires_grad else None
+        optimizer.step()
+        decayed = set(optimizer.param_groups[0]["param_names"])
+        for n, p in model.named_parameters():
+            if not p.requires_grad:
+                assert torch.equal(p, before[n])
+                continue
+            wd = 0.05 if n in decayed else 0.0
+            g = grads[n]
+            expected = before[n] * (1 - lr * wd) - lr * g / (g.abs() + eps)
+            assert torch.allclose(p.detach(), expected, atol=1e-6), n
