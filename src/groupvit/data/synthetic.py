@@ -74,6 +74,8 @@ STUFF_AND_THING_CLASSES: tuple[str, ...] = (*SHAPES, *BACKGROUNDS)
 
 SPLITS: tuple[str, ...] = ("train", "eval-all", "eval-seen", "eval-heldout")
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
+# Extra seed word of the caption stream shared by a pair of shape twins.
+_TWIN_CAPTION_STREAM = 1
 
 MIN_IMAGE_SIZE = 32
 MAX_OBJECTS = 8
@@ -355,8 +357,12 @@ def _compose(
     texture: np.ndarray,
     rng: np.random.Generator,
     index: int,
+    caption_rng: np.random.Generator | None = None,
 ) -> Scene:
-    """Paint ``objects`` over ``texture`` in order, measure what stays visible, and caption it."""
+    """Paint ``objects`` over ``texture`` in order, measure what stays visible, and caption it.
+
+    The caption's random choices come from ``caption_rng`` when given, else from ``rng``.
+    """
     image_size = texture.shape[0]
     image = texture.copy()
     labels = np.zeros((image_size, image_size), dtype=np.uint8)
@@ -377,7 +383,7 @@ def _compose(
     background_id = len(SHAPES) + BACKGROUNDS.index(background)
     stuff_labels = np.where(labels > 0, labels - 1, background_id).astype(np.uint8)
     mentioned = [obj for obj in rendered if obj.mentioned and obj.area > 0]
-    caption = build_caption(mentioned, background, image_size, rng)
+    caption = build_caption(mentioned, background, image_size, rng if caption_rng is None else caption_rng)
     return Scene(image, caption, labels, stuff_labels, instances, rendered, background, index)
 
 
@@ -415,8 +421,11 @@ class SceneGenerator:
         split: ``train`` (held-out colour-shape pairs never appear), ``eval-all``, ``eval-seen`` (only
             pairs seen in training) or ``eval-heldout`` (at least one held-out object per image).
         twins: every odd scene is the *shape twin* of the scene before it: same background, layout
-            and colours, every shape replaced by another one. Twins sit side by side in a batch, so
-            colour and background words cannot tell them apart: the contrastive loss needs the shapes.
+            and colours, every shape replaced by another one, and a caption drawn with the same
+            random choices (sentence form, colours named or not, background phrase), so the two
+            captions differ in their shape words only (unless the new shapes regroup the objects).
+            Twins sit side by side in a batch, so colour and background words cannot tell them
+            apart: the contrastive loss needs the shapes.
     """
 
     def __init__(
@@ -463,6 +472,12 @@ class SceneGenerator:
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], int(index)])
 
+    def _caption_rng(self, index: int) -> np.random.Generator | None:
+        """With twins, one caption stream per pair (both scenes draw the same choices); else None."""
+        if not self.twins:
+            return None
+        return np.random.default_rng([self.seed, _SPLIT_CODES[self.split], int(index) // 2, _TWIN_CAPTION_STREAM])
+
     def _scene(self, index: int) -> Scene:
         rng = self._rng(index)
         background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
@@ -471,7 +486,7 @@ class SceneGenerator:
             layout = self._layout(rng)
             if layout is not None:
                 objects, masks = layout
-                return _compose(objects, masks, background, texture, rng, int(index))
+                return _compose(objects, masks, background, texture, rng, int(index), self._caption_rng(index))
         raise RuntimeError(f"could not lay out scene {index} in {LAYOUT_TRIES} tries")
 
     def _shape_twin(self, scene: Scene, index: int) -> Scene:
@@ -484,7 +499,7 @@ class SceneGenerator:
             objects.append(replace(obj, shape=shapes[int(rng.integers(len(shapes)))], box=None, area=0))
         texture = background_texture(scene.background, self.image_size, rng)
         masks = [shape_mask(obj, self.image_size) for obj in objects]
-        return _compose(objects, masks, scene.background, texture, rng, int(index))
+        return _compose(objects, masks, scene.background, texture, rng, int(index), self._caption_rng(index))
 
     def iter_scenes(self, start: int = 0, count: int | None = None) -> Iterator[Scene]:
         """Scenes ``start, start + 1, ...``: ``count`` of them, or endless when None."""
