@@ -1,8 +1,8 @@
 """The paper's ablations on the synthetic scenes, each trained with the same budget.
 
-Every variant is the synthetic-scenes recipe (``configs/synthetic-small.yaml``) with a few overrides,
+Every variant is the synthetic-scenes recipe (``configs/synthetic.yaml``) with a few overrides,
 trained with ``groupvit train`` for the same number of epochs, then scored zero-shot on the
-``eval-all`` and ``eval-heldout`` scenes (mIoU over background + 8 shapes). Writes a Markdown table and
+``eval-all`` and ``eval-heldout`` scenes (mIoU over background + 6 shapes). Writes a Markdown table and
 a bar plot. Usage::
 
     python scripts/ablations.py --epochs 3 --out docs/ablations          # hours on a 2-core CPU
@@ -79,10 +79,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/synthetic-small.yaml")
+    parser.add_argument("--config", default="configs/synthetic.yaml")
     parser.add_argument("--epochs", type=int, default=3, help="training budget of every variant")
-    parser.add_argument("--eval-all", default="data/eval96-all")
-    parser.add_argument("--eval-heldout", default="data/eval96-heldout")
+    parser.add_argument("--eval-all", default="data/eval64-all")
+    parser.add_argument("--eval-heldout", default="data/eval64-heldout")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only this many scenes per split")
     parser.add_argument("--limit-batches", type=int, default=0, help="smoke runs: batches per epoch")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants")

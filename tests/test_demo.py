@@ -19,6 +19,7 @@ def test_demo_writes_pictures_and_reports_miou(tmp_path, capsys):
                      "--seed", "5"]) == 0
     printed = capsys.readouterr().out
     assert len(re.findall(r"mIoU +\d+\.\d", printed)) == 2
+    assert len(re.findall(r"group oracle +\d+\.\d  groups \d\.\d", printed)) == 2
     for split in ("all", "heldout"):
         for i in range(2):
             for kind in ("overlay", "truth", "groups"):
@@ -37,7 +38,7 @@ def test_shipped_model_is_small_half_precision_and_loads():
     raw = torch.load(path, weights_only=True)
     assert {t.dtype for t in raw["model"].values() if t.is_floating_point()} == {torch.float16}
     model = groupvit.load_pretrained(path)
-    assert model.config.vision.image_size == 96 and not model.training
+    assert model.config.vision.image_size == 64 and model.config.vision.stem == "conv" and not model.training
     with torch.no_grad():
         text = model.encode_text(groupvit.tokenize(["a photo of a star.", "a photo of a heart."]))
     assert torch.isfinite(text).all()

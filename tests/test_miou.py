@@ -98,3 +98,17 @@ def test_report_table_and_json():
     assert data["mIoU"] == 100.0 and data["per_class"]["dog"] == {"IoU": None, "Acc": None}
     table = report.table()
     assert "dog" in table and "nan" in table and "mIoU 100.00" in table
+
+
+def test_group_oracle_gives_each_group_its_majority_label():
+    from groupvit.evaluate.miou import group_oracle_labels
+
+    groups = np.array([[0, 0, 1], [0, 1, 1], [2, 2, 2]])
+    label = np.array([[5, 5, 5], [3, 5, 3], [255, 255, 0]])
+    # group 0 holds labels 5, 5, 3 -> 5; group 1 holds 5, 5, 3 -> 5; group 2 holds 0 (ignored pixels do not vote)
+    np.testing.assert_array_equal(group_oracle_labels(groups, label), [[5, 5, 5], [5, 5, 5], [0, 0, 0]])
+    # ties go to the smaller label; a group of ignored pixels stays ignored
+    np.testing.assert_array_equal(group_oracle_labels(np.array([[7, 7]]), np.array([[2, 1]])), [[1, 1]])
+    np.testing.assert_array_equal(group_oracle_labels(np.array([[0, 1]]), np.array([[255, 4]])), [[255, 4]])
+    with pytest.raises(InputError, match="differ in shape"):
+        group_oracle_labels(np.zeros((2, 2)), np.zeros((2, 3)))

@@ -11,7 +11,7 @@ import torch
 
 from groupvit.errors import ConfigError
 from groupvit.text import nouns
-from groupvit.text.multilabel import CaptionTokens, build_prompts, prompt_words
+from groupvit.text.multilabel import CaptionTokens, build_prompts, prompt_words, word_id
 from groupvit.text.nouns import SimpleTagger, get_tagger
 from groupvit.text.templates import get_templates
 from groupvit.text.tokenizer import tokenize
@@ -64,6 +64,18 @@ def test_pads_with_the_caption_when_fewer_words_than_prompts():
     assert rng.calls == [("choice", 1, 1, False), ("integers", 80)]
     rng = ScriptedRNG(words=[], templates=[])
     assert tokens.texts("of the", rng) == ["of the"] * 4 and rng.calls == []
+
+
+def test_stopwords_are_never_prompts():
+    tokens = CaptionTokens(2, FakeTagger(DOG_TAGS), stopwords=["Chases"])
+    assert tokens.words("a dog chases two cats") == ["dog", "cats"]
+    rng = ScriptedRNG(words=[1, 0], templates=[39, 0])
+    texts = tokens.texts("a dog chases two cats", rng)
+    # words are [dog, cats]: the stop-word is gone before the draw
+    assert texts == ["a dog chases two cats", "a photo of a cats.", "a bad photo of a dog."]
+    assert rng.calls == [("choice", 2, 2, False), ("integers", 80), ("integers", 80)]
+    ids = tokens.with_words("a dog chases two cats", ScriptedRNG(words=[1, 0], templates=[39, 0]))[1]
+    assert ids.tolist() == [word_id("cats"), word_id("dog")]
 
 
 def test_tag_filter_keeps_nouns_and_verbs_with_repeats():

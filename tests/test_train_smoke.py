@@ -219,7 +219,9 @@ def test_official_configs(name, preset, k, lengths, output):
 def test_other_configs_load():
     from groupvit.data.loader import DataConfig
 
-    small = load_config(ROOT / "configs" / "synthetic-small.yaml")
-    assert DataConfig.from_dict(small.data_config()).image.image_size == 96
+    synthetic = load_config(ROOT / "configs" / "synthetic.yaml")
+    data = DataConfig.from_dict(synthetic.data_config())
+    assert data.image.image_size == synthetic.model_config().vision.image_size == 64
+    assert synthetic.model_config().vision.stem == "conv" and "photo" in data.prompt_stopwords
     tiny = load_config(ROOT / "configs" / "tiny-cpu.yaml")
     assert tiny.train.device == "cpu" and tiny.data["sources"][0]["type"] == "random"

@@ -32,6 +32,9 @@ class VisionConfig:
 
     image_size: int = 224
     patch_size: int = 16
+    # "patch": one patch_size x patch_size convolution (official); "conv": a convolutional stem with the
+    # same patch grid (see groupvit.model.vision.ConvStem), for small towers trained from scratch.
+    stem: str = "patch"
     in_channels: int = 3
     width: int = 384
     depths: tuple[int, ...] = (6, 3, 3)
@@ -79,6 +82,8 @@ class VisionConfig:
             )
         if min(self.num_heads) < 1 or any(self.width % h for h in self.num_heads):
             raise ConfigError(f"width {self.width} must be divisible by every num_heads {self.num_heads}")
+        if self.stem not in ("patch", "conv"):
+            raise ConfigError(f"vision stem must be 'patch' or 'conv', got {self.stem!r}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
 
@@ -181,6 +186,16 @@ def _small() -> GroupViTConfig:
     )
 
 
+def _synthetic() -> GroupViTConfig:
+    # The shipped synthetic-scenes model: `small` with a convolutional stem at 64 px (8 x 8 patch grid).
+    config = _small()
+    config.vision = VisionConfig(
+        image_size=64, patch_size=8, stem="conv", width=128, depths=(2, 2, 2), num_heads=(4, 4, 4),
+        num_group_tokens=(32, 8, 0), num_output_groups=(32, 8), drop_path_rate=0.0,
+    )
+    return config
+
+
 def _tiny() -> GroupViTConfig:
     # A few hundred thousand parameters: for tests and smoke runs.
     return GroupViTConfig(
@@ -199,6 +214,7 @@ PRESETS = {
     "gcc-yfcc": _gcc_yfcc,
     "gcc-redcaps": _gcc_redcaps,
     "small": _small,
+    "synthetic": _synthetic,
     "tiny": _tiny,
 }
 

@@ -370,6 +370,11 @@ def save_pretrained(model: GroupViT, directory: str | os.PathLike[str]) -> Path:
     """
     from safetensors.torch import save_file
 
+    if model.config.vision.stem != "patch":
+        raise WeightsError(
+            f"the Hugging Face format cannot hold a {model.config.vision.stem!r} vision stem (transformers' GroupViT "
+            "has a patch embedding only); save this model with save_checkpoint / `groupvit convert SRC DST.pt`"
+        )
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise WeightsError(f"{out} exists and is not a directory; choose another output path")

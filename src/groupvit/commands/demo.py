@@ -37,7 +37,7 @@ def _enlarge(array: np.ndarray, size: int) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from groupvit.data.synthetic import SHAPES, THING_CLASSES, SceneGenerator
-    from groupvit.evaluate.miou import IoUAccumulator
+    from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
     from groupvit.pretrained import DEFAULT_BG_THRESH, default_weights_path
     from groupvit.segment import Segmenter, group_maps_image, overlay
     from groupvit.segment.visualize import save_png
@@ -60,9 +60,13 @@ def run(args: argparse.Namespace) -> int:
         generator = SceneGenerator(image_size=size, seed=seed, split=split)
         scenes = [generator.sample(i) for i in range(args.num)]
         results = segmenter([scene.image for scene in scenes])
-        iou = IoUAccumulator(len(THING_CLASSES))
+        iou, oracle = IoUAccumulator(len(THING_CLASSES)), IoUAccumulator(len(THING_CLASSES))
+        groups_used = []
         for i, (scene, result) in enumerate(zip(scenes, results, strict=True)):
             iou.update(result.labels, scene.labels)
+            if result.group_maps:
+                oracle.update(group_oracle_labels(result.group_maps[-1], scene.labels), scene.labels)
+                groups_used.append(len(np.unique(result.group_maps[-1])))
             if i >= args.show:
                 continue
             stem = out / f"{split.removeprefix('eval-')}_{i:02d}"
@@ -74,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
             save_png(group_maps_image(image, maps), f"{stem}_groups.png")
         metrics = iou.compute()
         name = "all colour-shape pairs" if split == "eval-all" else "held-out colour-shape pairs"
+        grouping = (f"  group oracle {100 * oracle.compute().miou:5.1f}  groups {np.mean(groups_used):.1f}"
+                    if groups_used else "")
         print(f"{name:>28}: mIoU {100 * metrics.miou:5.1f}  pixel accuracy {100 * metrics.pixel_accuracy:5.1f}"
-              f"  ({args.num} scenes)")
+              f"{grouping}  ({args.num} scenes)")
     print(f"pictures: {out}/ (*_overlay.png prediction, *_truth.png ground truth, *_groups.png group maps)")
+    print("group oracle: the mIoU if every final group were given its best label (how well groups follow objects)")
     return 0

@@ -79,6 +79,8 @@ class DataConfig:
         image: training image augmentation (default: the official recipe at 224 px).
         multi_label: K prompts per caption (default 0: ``texts`` is ``[B, 1, context_length]``).
         tagger: part-of-speech tagger for the prompts, ``auto``, ``spacy``, ``nltk`` or ``simple``.
+        prompt_stopwords: words never turned into prompts (default none, as official), e.g. caption
+            boilerplate such as "photo" or "corner" that no image region shows.
         context_length: tokens per text row (default 77).
         shuffle_buffer: samples held by each stream's shuffle buffer (default 1000; 0 or 1: no shuffling).
         seed: base seed of every random choice (default 0).
@@ -90,6 +92,7 @@ class DataConfig:
     image: ImageAugConfig = field(default_factory=ImageAugConfig)
     multi_label: int = 0
     tagger: str = "auto"
+    prompt_stopwords: list[str] = field(default_factory=list)
     context_length: int = 77
     shuffle_buffer: int = 1000
     seed: int = 0
@@ -175,7 +178,9 @@ class EpochStream(IterableDataset):
         self.workers = max(1, cfg.num_workers)
         self.num_streams = self.workers * world_size
         self.image_transform = TrainTransform(cfg.image)
-        self.text_transform = CaptionTokens(cfg.multi_label, cfg.tagger, "full", cfg.context_length)
+        self.text_transform = CaptionTokens(
+            cfg.multi_label, cfg.tagger, "full", cfg.context_length, stopwords=cfg.prompt_stopwords
+        )
         if self.text_transform.tagger is not None:
             # Load the tagger's model here: a missing model fails now, and forked workers inherit it loaded.
             self.text_transform.tagger("a photo")

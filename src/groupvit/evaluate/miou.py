@@ -95,6 +95,33 @@ class IoUAccumulator:
         )
 
 
+def group_oracle_labels(groups: np.ndarray, label: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """The best label map a namer could make of ``groups``: each group gets its most frequent true label.
+
+    Measures how well the groups follow objects, independently of how they are named.
+
+    Args:
+        groups: integer ``[H, W]`` group id of each pixel.
+        label: ground truth ``[H, W]`` of the same shape; ``ignore_index`` pixels do not vote.
+
+    Returns:
+        int64 ``[H, W]``: per pixel, the label covering most of its group's pixels (ties: the smallest
+        label; a group of ignored pixels only gets ``ignore_index``).
+    """
+    groups, label = np.asarray(groups), np.asarray(label)
+    if groups.shape != label.shape:
+        raise InputError(f"group map {groups.shape} and label map {label.shape} differ in shape")
+    ids, index = np.unique(groups, return_inverse=True)
+    index = index.reshape(-1)
+    flat = label.reshape(-1).astype(np.int64)
+    keep = flat != ignore_index
+    width = int(flat[keep].max()) + 1 if keep.any() else 1
+    votes = np.zeros((len(ids), width), dtype=np.int64)
+    np.add.at(votes, (index[keep], flat[keep]), 1)
+    best = np.where(votes.sum(1) > 0, votes.argmax(1), ignore_index)
+    return best[index].reshape(label.shape)
+
+
 def _nanmean(values: np.ndarray) -> float:
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else math.nan

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from groupvit.config import VisionConfig
-from groupvit.errors import InputError
+from groupvit.errors import ConfigError, InputError
 from groupvit.model.grouping import Assignment, GroupingBlock
 from groupvit.model.layers import TokenMlp, TransformerBlock
 
@@ -43,6 +43,39 @@ class PatchEmbed(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.proj(images)
+        grid = (x.shape[2], x.shape[3])
+        return self.norm(x.flatten(2).transpose(1, 2)), grid
+
+
+class ConvStem(nn.Module):
+    """Convolutional stem (Xiao et al. 2021): ``[B, 3, H, W] -> [B, h*w, C]`` on the same patch grid.
+
+    ``log2(patch)`` scales, each a stride-2 then a stride-1 3x3 convolution (channels 32, 64, ... capped at
+    ``dim``), every one followed by BatchNorm and ReLU; then a 1x1 convolution to ``dim`` and LayerNorm.
+    Unlike a single patch convolution it sees detail inside a patch and across patch borders (receptive
+    field 43 pixels at patch 8), which small vision towers trained from scratch need to tell shapes apart.
+    """
+
+    def __init__(self, patch_size: int, in_channels: int, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        steps = patch_size.bit_length() - 1
+        if patch_size < 2 or 1 << steps != patch_size:
+            raise ConfigError(f"a conv stem needs a power-of-two patch_size >= 2, got {patch_size}")
+        self.patch_size = patch_size
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i in range(steps):
+            out = min(dim, 32 << i)
+            for stride in (2, 1):
+                layers += [nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out),
+                           nn.ReLU(inplace=True)]
+                channels = out
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(channels, dim, kernel_size=1)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.proj(self.convs(images))
         grid = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), grid
 
@@ -129,7 +162,8 @@ class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.width, cfg.layer_norm_eps)
+        stem = ConvStem if cfg.stem == "conv" else PatchEmbed
+        self.patch_embed = stem(cfg.patch_size, cfg.in_channels, cfg.width, cfg.layer_norm_eps)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid_size ** 2, cfg.width))
         self.pos_drop = nn.Dropout(cfg.drop_rate) if cfg.drop_rate > 0 else nn.Identity()
         rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()

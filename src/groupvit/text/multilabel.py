@@ -79,6 +79,7 @@ class CaptionTokens:
             (resolved now, so the ``auto`` choice and its warning happen once, where this is built).
         templates: template set name or list (default ``full``, the 80 CLIP templates, as the official code).
         context_length: tokens per row (default 77).
+        stopwords: tagged words never used as prompts (compared in lower case; default none, as official).
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class CaptionTokens:
         tagger: Tagger | str = "auto",
         templates: str | Sequence[str] = "full",
         context_length: int = DEFAULT_CONTEXT_LENGTH,
+        stopwords: Sequence[str] = (),
     ) -> None:
         if num_prompts < 0:
             raise ConfigError(f"the number of prompts per caption must be >= 0, got {num_prompts}")
@@ -96,6 +98,12 @@ class CaptionTokens:
             self.tagger = get_tagger(tagger) if isinstance(tagger, str) else tagger
         self.templates = get_templates(templates)
         self.context_length = context_length
+        self.stopwords = frozenset(word.lower() for word in stopwords)
+
+    def words(self, caption: str) -> list[str]:
+        """The prompt words of ``caption`` (:func:`prompt_words` of its tags, stop-words removed)."""
+        assert self.tagger is not None
+        return [word for word in prompt_words(self.tagger(caption)) if word.lower() not in self.stopwords]
 
     def texts(self, caption: str, rng: PromptRNG | None = None) -> list[str]:
         """The ``1 + K`` strings for ``caption`` (``rng`` is needed when K > 0)."""
@@ -103,7 +111,7 @@ class CaptionTokens:
             return [caption]
         if rng is None:
             rng = np.random.default_rng()
-        return build_prompts(caption, prompt_words(self.tagger(caption)), self.num_prompts, self.templates, rng)
+        return build_prompts(caption, self.words(caption), self.num_prompts, self.templates, rng)
 
     def __call__(self, caption: str, rng: PromptRNG | None = None) -> torch.Tensor:
         """Token ids ``torch.long [1 + K, context_length]`` of :meth:`texts`."""
@@ -116,7 +124,7 @@ class CaptionTokens:
             return tokenize([caption], self.context_length), torch.zeros(0, dtype=torch.long)
         if rng is None:
             rng = np.random.default_rng()
-        pairs = sample_prompts(prompt_words(self.tagger(caption)), self.num_prompts, self.templates, rng)
+        pairs = sample_prompts(self.words(caption), self.num_prompts, self.templates, rng)
         padding = self.num_prompts - len(pairs)
         texts = [caption, *(prompt for _, prompt in pairs), *[caption] * padding]
         ids = [word_id(word) for word, _ in pairs] + [-1] * padding
