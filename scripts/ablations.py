@@ -23,10 +23,11 @@ from groupvit.evaluate.miou import evaluate_segmentation
 
 # name -> (what it tests, overrides of the base config)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "baseline": ("hard assignment, multi-label, 2 stages, 32 -> 8 groups", []),
+    "baseline": ("hard assignment, multi-label, conv stem, 2 stages, 32 -> 8 groups", []),
     "soft-assignment": ("soft instead of hard (Gumbel) assignment",
                         ["model.vision.hard_assignment=false", "model.vision.gumbel=false"]),
     "no-multi-label": ("image-text loss only", ["model.multi_label=0"]),
+    "patch-stem": ("one 8x8 patch convolution instead of the convolutional stem", ["model.vision.stem=patch"]),
     "one-stage": ("one grouping stage (8 groups)",
                   ["model.vision.depths=[3,3]", "model.vision.num_heads=[4,4]", "model.vision.num_group_tokens=[8,0]",
                    "model.vision.num_output_groups=[8]"]),

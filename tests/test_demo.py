@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 import groupvit
@@ -11,13 +12,15 @@ from groupvit.cli import main as cli_main
 from groupvit.pretrained import default_weights_path
 
 
-def test_demo_writes_pictures_and_reports_miou(tmp_path, capsys):
+@pytest.mark.parametrize("background", ["names", "threshold"])
+def test_demo_writes_pictures_and_reports_miou(tmp_path, capsys, background):
     torch.manual_seed(0)
     weights = groupvit.save_checkpoint(groupvit.create_model("tiny"), tmp_path / "tiny.pt")
     out = tmp_path / "demo"
     assert cli_main(["demo", "--weights", str(weights), "--out", str(out), "--num", "3", "--show", "2",
-                     "--seed", "5"]) == 0
+                     "--seed", "5", "--background", background]) == 0
     printed = capsys.readouterr().out
+    assert ("textures named: grass" in printed) == (background == "names")
     assert len(re.findall(r"mIoU +\d+\.\d", printed)) == 2
     assert len(re.findall(r"group oracle +\d+\.\d  groups \d\.\d", printed)) == 2
     for split in ("all", "heldout"):

@@ -30,7 +30,8 @@ def create_model(preset_or_config: str | GroupViTConfig = "gcc-yfcc", **override
     """Build a randomly initialised GroupViT (official initialisation).
 
     Args:
-        preset_or_config: a preset name (``gcc-yfcc``, ``gcc-redcaps``, ``small``, ``tiny``) or a config.
+        preset_or_config: a preset name (``gcc-yfcc``, ``gcc-redcaps``, ``small``, ``synthetic``, ``tiny``) or a
+            config.
         **overrides: config fields; nested ones with ``__`` (``vision__depths=(2, 2, 1)``,
             ``multi_label=0``).
     """

@@ -220,7 +220,7 @@ PRESETS = {
 
 
 def get_config(name: str) -> GroupViTConfig:
-    """Return a fresh copy of the named preset (``gcc-yfcc``, ``gcc-redcaps``, ``small``, ``tiny``)."""
+    """Return a fresh copy of the named preset (``gcc-yfcc``, ``gcc-redcaps``, ``small``, ``synthetic``, ``tiny``)."""
     try:
         return PRESETS[name]()
     except KeyError:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from groupvit.errors import WeightsError
 
-DEFAULT_WEIGHTS = "groupvit-synthetic-small.pt"
+DEFAULT_WEIGHTS = "groupvit-synthetic.pt"
 # Background threshold used with the shipped model: the official VOC value.
 DEFAULT_BG_THRESH = 0.95
 

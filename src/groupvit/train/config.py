@@ -135,7 +135,7 @@ class TrainConfig:
         overrides = dict(self.model)
         preset = overrides.pop("preset", None)
         if not isinstance(preset, str):
-            raise ConfigError("model.preset must name a preset (gcc-yfcc, gcc-redcaps, small, tiny)")
+            raise ConfigError("model.preset must name a preset (gcc-yfcc, gcc-redcaps, small, synthetic, tiny)")
         return GroupViTConfig.from_dict(deep_merge(get_config(preset).to_dict(), overrides))
 
     def data_config(self) -> dict[str, Any]:

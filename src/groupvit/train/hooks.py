@@ -28,7 +28,7 @@ def segmentation(
     """Zero-shot mIoU on a VOC-layout scene set with ``classes.json`` (e.g. ``groupvit synth eval``).
 
     Returns ``{f"{prefix}_miou": mIoU in %, f"{prefix}_acc": pixel accuracy in %}``. Synthetic scenes
-    trained at 96 px evaluate with ``short_side=96, mode="whole"``.
+    trained at 64 px evaluate with ``short_side=64, mode="whole"``.
     """
     data = voc_layout(root)
     thresh = data.bg_thresh if bg_thresh is None else bg_thresh
