@@ -1,8 +1,10 @@
 """How sharp and how varied a model's groups are on synthetic scenes: a check of grouping, not of naming.
 
-For each grouping stage: the groups used per image (distinct arg-max groups of the soft assignment) and the
-mean entropy of the soft assignment (``ln S`` is uniform, i.e. no grouping at all); then the group oracle
-(each final group given its best label, patch-level maps) over background + shapes. Usage::
+For each grouping stage: the groups used per image (distinct arg-max groups of the soft assignment), the
+mean entropy of the soft assignment (``ln S`` is uniform, i.e. no grouping at all) and how alike the
+assignment queries of the groups are (mean pairwise cosine, share of pairs above 0.95: near-copies);
+then the group oracle (each final group given its best label, patch-level maps) over background +
+shapes. Usage::
 
     python scripts/grouping_stats.py output/synthetic/latest.pt --num 64 --seed 11
 """
@@ -33,15 +35,23 @@ def main() -> None:
     generator = SceneGenerator(image_size=size, seed=args.seed, split="eval-all")
     scenes = [generator.sample(i) for i in range(args.num)]
     images = torch.stack([normalize(torch.from_numpy(s.image).permute(2, 0, 1).float()) for s in scenes])
+    queries: list[torch.Tensor] = []
+    hooks = [stage.grouping.assign.q_proj.register_forward_hook(lambda _m, _i, out: queries.append(out))
+             for stage in model.vision.stages if stage.grouping is not None]
     with torch.no_grad():
         encoding = model.encode_image_groups(images)
+    for hook in hooks:
+        hook.remove()
     chain = None
     for stage, assignment in enumerate(encoding.assignments):
         soft = assignment.soft  # [B, S, L]
         used = np.mean([len(torch.unique(row)) for row in soft.argmax(dim=1)])
         entropy = -(soft.clamp_min(1e-9).log() * soft).sum(dim=1).mean().item()
+        q = F.normalize(queries[stage].float(), dim=-1)
+        cosine = (q @ q.transpose(1, 2))[:, ~torch.eye(q.shape[1], dtype=torch.bool)]
         print(f"stage {stage + 1}: {soft.shape[1]} groups, {used:.2f} used per image, assignment entropy "
-              f"{entropy:.3f} (uniform {math.log(soft.shape[1]):.3f})")
+              f"{entropy:.3f} (uniform {math.log(soft.shape[1]):.3f}), query cosine {cosine.mean():.2f} "
+              f"({100 * (cosine > 0.95).float().mean():.1f} % of pairs above 0.95)")
         step = soft.transpose(1, 2)  # [B, L, S]
         chain = step if chain is None else chain @ step
     if chain is None:
