@@ -22,6 +22,7 @@ import groupvit
 from groupvit.data.images import normalize
 from groupvit.data.synthetic import THING_CLASSES, SceneGenerator
 from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
+from groupvit.segment.segmenter import chain_assignments
 
 
 def main() -> None:
@@ -42,7 +43,6 @@ def main() -> None:
         encoding = model.encode_image_groups(images)
     for hook in hooks:
         hook.remove()
-    chain = None
     for stage, assignment in enumerate(encoding.assignments):
         soft = assignment.soft  # [B, S, L]
         used = np.mean([len(torch.unique(row)) for row in soft.argmax(dim=1)])
@@ -52,10 +52,9 @@ def main() -> None:
         print(f"stage {stage + 1}: {soft.shape[1]} groups, {used:.2f} used per image, assignment entropy "
               f"{entropy:.3f} (uniform {math.log(soft.shape[1]):.3f}), query cosine {cosine.mean():.2f} "
               f"({100 * (cosine > 0.95).float().mean():.1f} % of pairs above 0.95)")
-        step = soft.transpose(1, 2)  # [B, L, S]
-        chain = step if chain is None else chain @ step
-    if chain is None:
+    if not encoding.assignments:
         return
+    chain = chain_assignments([a.soft for a in encoding.assignments])[-1]  # [B, L, G]
     grid = (size // model.config.vision.patch_size,) * 2
     oracle = IoUAccumulator(len(THING_CLASSES))
     maps = chain.transpose(1, 2).reshape(len(scenes), -1, *grid)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 import groupvit
+from groupvit.commands.demo import synthetic_segmenter
 from groupvit.data.synthetic import BACKGROUNDS, COLOURS, SHAPES, THING_CLASSES
 from groupvit.evaluate.miou import IoUAccumulator
 from groupvit.pretrained import DEFAULT_BG_THRESH, default_weights_path
@@ -138,16 +139,11 @@ def main() -> None:
     scenes = [render(size, rng) for _ in range(args.num)]
     if args.save:
         Image.fromarray(np.concatenate([s[0] for s in scenes[:16]], axis=1)).save(args.save)
-    rules = {
-        "names": (groupvit.Segmenter(model, (*SHAPES, *BACKGROUNDS), background=False, mode="whole",
-                                     short_side=size), [1 + i for i in range(len(SHAPES))] + [0] * len(BACKGROUNDS)),
-        "threshold": (groupvit.Segmenter(model, SHAPES, bg_thresh=DEFAULT_BG_THRESH, mode="whole", short_side=size),
-                      list(range(len(THING_CLASSES)))),
-    }
+    rules = {rule: synthetic_segmenter(model, rule, DEFAULT_BG_THRESH, size) for rule in ("names", "threshold")}
     for rule, (segmenter, lut) in rules.items():
         iou = IoUAccumulator(len(THING_CLASSES))
         for (_, truth), result in zip(scenes, segmenter([s[0] for s in scenes], groups=False), strict=True):
-            iou.update(np.asarray(lut, dtype=np.uint8)[result.labels], truth)
+            iou.update(lut[result.labels], truth)
         print(f"independent renderer, background by {rule:>9}: mIoU {100 * iou.compute().miou:5.1f} "
               f"({args.num} scenes, seed {args.seed})")
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 import argparse
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from groupvit.errors import InputError
 
+if TYPE_CHECKING:
+    from groupvit.model import GroupViT
+    from groupvit.segment import Segmenter
+
 HELP = "offline demo: segment fresh synthetic scenes with the shipped model; write overlays, print mIoU"
-# Pictures are enlarged so that class names stay legible on 96-pixel scenes.
+# Pictures are enlarged so that class names stay legible on 64-pixel scenes.
 DISPLAY_SIZE = 384
 # Chosen on scenes of a seed that is never reported (docs/synthetic-experiments.md).
 DEFAULT_BACKGROUND = "threshold"
@@ -41,11 +46,31 @@ def _enlarge(array: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
 
 
+def synthetic_segmenter(
+    model: GroupViT, background: str, bg_thresh: float, size: int
+) -> tuple[Segmenter, np.ndarray]:
+    """Segmenter of the synthetic vocabulary for one background rule, and its label -> ``THING_CLASSES`` table.
+
+    ``background="threshold"``: the shapes with the official background threshold (the table is the
+    identity). ``"names"``: the shapes and the background textures as classes, textures mapped to 0.
+    Returns ``(Segmenter, uint8 [num_labels] table)``; whole-image mode at short side ``size``.
+    """
+    from groupvit.data.synthetic import BACKGROUNDS, SHAPES, THING_CLASSES
+    from groupvit.segment import Segmenter
+
+    by_name = background == "names"
+    vocabulary = (*SHAPES, *BACKGROUNDS) if by_name else SHAPES
+    segmenter = Segmenter(model, vocabulary, background=not by_name, bg_thresh=bg_thresh, mode="whole",
+                          short_side=size, window=size, stride=size)
+    table = [1 + i for i in range(len(SHAPES))] + [0] * len(BACKGROUNDS) if by_name else range(len(THING_CLASSES))
+    return segmenter, np.array(table, dtype=np.uint8)
+
+
 def run(args: argparse.Namespace) -> int:
     from groupvit.data.synthetic import BACKGROUNDS, SHAPES, THING_CLASSES, SceneGenerator
     from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
     from groupvit.pretrained import DEFAULT_BG_THRESH, default_weights_path
-    from groupvit.segment import Segmenter, group_maps_image, overlay
+    from groupvit.segment import group_maps_image, overlay
     from groupvit.segment.visualize import save_png
     from groupvit.weights import load_pretrained
 
@@ -58,12 +83,7 @@ def run(args: argparse.Namespace) -> int:
     size = model.config.vision.image_size
     bg_thresh = DEFAULT_BG_THRESH if args.bg_thresh is None else args.bg_thresh
     by_name = args.background == "names"
-    vocabulary = (*SHAPES, *BACKGROUNDS) if by_name else SHAPES
-    segmenter = Segmenter(model, vocabulary, background=not by_name, bg_thresh=bg_thresh, mode="whole",
-                          short_side=size, window=size, stride=size)
-    # Segmenter label -> THING_CLASSES id: shapes keep their place after background 0, textures become 0.
-    to_things = np.array([1 + i for i in range(len(SHAPES))] + [0] * len(BACKGROUNDS) if by_name
-                         else range(len(THING_CLASSES)), dtype=np.uint8)
+    segmenter, to_things = synthetic_segmenter(model, args.background, bg_thresh, size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rule = f"background textures named: {', '.join(BACKGROUNDS)}" if by_name else f"threshold {bg_thresh}"

@@ -403,10 +403,9 @@ def _compose(
     The caption's random choices come from ``caption_rng`` when given, else from ``rng``.
     """
     image_size = texture.shape[0]
-    image = texture.copy()
     labels = np.zeros((image_size, image_size), dtype=np.uint8)
     instances = np.zeros((image_size, image_size), dtype=np.uint8)
-    canvas = image.astype(np.float32)
+    canvas = texture.astype(np.float32)
     for k, (obj, (window, mask)) in enumerate(zip(objects, masks, strict=True), start=1):
         canvas[window] = _paint(canvas[window], obj, window, image_size, rng)
         labels[window][mask] = SHAPES.index(obj.shape) + 1
