@@ -3,7 +3,8 @@
 Public API::
 
     model = groupvit.create_model("gcc-yfcc")                 # random weights, official architecture
-    model = groupvit.load_pretrained("group_vit_gcc_yfcc_30e-879422e0.pth")   # or a HF dir / hub id
+    model = groupvit.load_pretrained("gcc-yfcc")               # official weights, downloaded once; or a path
+    images = groupvit.load_image("photo.jpg")                  # float32 [1, 3, 224, 224], normalised
     tokens = groupvit.tokenize(["a photo of a cat."])          # LongTensor [B, 77]
     image_embeds = model.encode_image(images)                  # [B, D], L2-normalised
     text_embeds = model.encode_text(tokens)                    # [B, D]
@@ -16,6 +17,7 @@ from typing import Any
 
 from groupvit.config import PRESETS, GroupViTConfig, TextConfig, VisionConfig, apply_overrides, get_config
 from groupvit.data.images import read_image
+from groupvit.data.transforms import load_image
 from groupvit.errors import ConfigError, GroupViTError, InputError, WeightsError
 from groupvit.model import GroupViT, ImageEncoding
 from groupvit.segment import SegmentationResult, Segmenter
@@ -46,6 +48,6 @@ def create_model(preset_or_config: str | GroupViTConfig = "gcc-yfcc", **override
 __all__ = [
     "PRESETS", "TEMPLATES", "ConfigError", "GroupViT", "GroupViTConfig", "GroupViTError", "ImageEncoding",
     "InputError", "SegmentationResult", "Segmenter", "TextConfig", "Tokenizer", "VisionConfig", "WeightsError",
-    "create_model", "get_config", "get_templates", "load_pretrained", "read_image", "save_checkpoint",
+    "create_model", "get_config", "get_templates", "load_image", "load_pretrained", "read_image", "save_checkpoint",
     "save_pretrained", "tokenize",
 ]

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 
 from groupvit.errors import GroupViTError
 
+EXIT_STATUS = ("exit status: 0 success; 1 some inputs failed (each named on stderr, the count at the end, the "
+               "others written); 2 bad arguments or unreadable weights (one line on stderr naming the problem)")
+
 # Command name -> module implementing it (imported only when that command runs).
 COMMANDS: dict[str, str] = {
     "demo": "groupvit.commands.demo",
@@ -22,16 +25,18 @@ COMMANDS: dict[str, str] = {
     "synth": "groupvit.commands.synth",
     "shards": "groupvit.commands.shards",
     "train": "groupvit.commands.train",
+    "weights": "groupvit.commands.weights",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(prog="groupvit", description="GroupViT: segmentation from text supervision")
+    parser = argparse.ArgumentParser(prog="groupvit", description="GroupViT: segmentation from text supervision",
+                                     epilog=EXIT_STATUS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP, epilog=EXIT_STATUS)
         module.add_arguments(command)
         command.set_defaults(_run=module.run)
     return parser

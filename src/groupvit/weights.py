@@ -30,6 +30,7 @@ from groupvit.errors import ConfigError, WeightsError
 from groupvit.fileio import atomic_path
 from groupvit.keymaps import HF, OFFICIAL, export_state_dict, import_state_dict
 from groupvit.model import GroupViT
+from groupvit.pretrained import WEIGHTS, resolve
 
 FORMAT_VERSION = 1
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -320,7 +321,9 @@ def load_pretrained(
     """Load a GroupViT from any supported source, in eval mode.
 
     Args:
-        source: our checkpoint file, an official NVlabs ``.pth``, a Hugging Face model directory (or
+        source: a name from :data:`groupvit.pretrained.WEIGHTS` (``"gcc-yfcc"``, ``"gcc-redcaps"``:
+            downloaded once and cached; ``"synthetic-small"``: bundled), our checkpoint file, an
+            official NVlabs ``.pth``, a Hugging Face model directory (or
             its weight file), or a hub id like ``"nvidia/groupvit-gcc-yfcc"`` (needs network or a cached copy).
         config: override the architecture read from the source (e.g. other head counts for an
             official checkpoint); by default it is read from the source.
@@ -330,6 +333,8 @@ def load_pretrained(
         WeightsError: missing, corrupt or non-GroupViT source, or a state dict that does not fit
             (missing and unexpected keys are listed).
     """
+    if isinstance(source, str) and source in WEIGHTS:
+        source = resolve(source)
     path = Path(source)
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -69,9 +69,9 @@ def synthetic_segmenter(
 def run(args: argparse.Namespace) -> int:
     from groupvit.data.synthetic import BACKGROUNDS, SHAPES, THING_CLASSES, SceneGenerator
     from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
-    from groupvit.pretrained import DEFAULT_BG_THRESH, default_weights_path
-    from groupvit.segment import group_maps_image, overlay
-    from groupvit.segment.visualize import save_png
+    from groupvit.pretrained import BUNDLED, DEFAULT_BG_THRESH
+    from groupvit.segment import group_maps_image, overlay, voc_palette
+    from groupvit.segment.visualize import colorize_groups, contact_sheet, save_png
     from groupvit.weights import load_pretrained
 
     if args.num < 1 or args.show < 0:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     seed = secrets.randbelow(1 << 31) if args.seed is None else args.seed
     if seed < 0:
         raise InputError(f"--seed must be non-negative, got {seed}")
-    model = load_pretrained(args.weights or default_weights_path())
+    model = load_pretrained(args.weights or BUNDLED)
     size = model.config.vision.image_size
     bg_thresh = DEFAULT_BG_THRESH if args.bg_thresh is None else args.bg_thresh
     by_name = args.background == "names"
@@ -88,15 +88,19 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rule = f"background textures named: {', '.join(BACKGROUNDS)}" if by_name else f"threshold {bg_thresh}"
     print(f"scenes: seed {seed}, {size}x{size}; vocabulary: {', '.join(SHAPES)} + background ({rule})")
+    palette = voc_palette(len(THING_CLASSES))
+    sheet: list[list[np.ndarray]] = []
     for split in ("eval-all", "eval-heldout"):
         generator = SceneGenerator(image_size=size, seed=seed, split=split)
         scenes = [generator.sample(i) for i in range(args.num)]
         results = segmenter([scene.image for scene in scenes])
         iou, oracle = IoUAccumulator(len(THING_CLASSES)), IoUAccumulator(len(THING_CLASSES))
+        baseline = IoUAccumulator(len(THING_CLASSES))
         groups_used = []
         for i, (scene, result) in enumerate(zip(scenes, results, strict=True)):
             labels = to_things[result.labels]
             iou.update(labels, scene.labels)
+            baseline.update(np.zeros_like(scene.labels), scene.labels)
             if result.group_maps:
                 oracle.update(group_oracle_labels(result.group_maps[-1], scene.labels), scene.labels)
                 groups_used.append(len(np.unique(result.group_maps[-1])))
@@ -108,12 +112,20 @@ def run(args: argparse.Namespace) -> int:
             save_png(overlay(image, _enlarge(scene.labels, DISPLAY_SIZE), THING_CLASSES), f"{stem}_truth.png")
             maps = [_enlarge(m, DISPLAY_SIZE) for m in result.group_maps]
             save_png(group_maps_image(image, maps), f"{stem}_groups.png")
+            sheet.append([scene.image, palette[scene.labels], palette[labels],
+                          colorize_groups(result.group_maps[-1]) if result.group_maps else np.zeros_like(scene.image)])
         metrics = iou.compute()
         name = "all colour-shape pairs" if split == "eval-all" else "held-out colour-shape pairs"
         grouping = (f"  group oracle {100 * oracle.compute().miou:5.1f}  groups {np.mean(groups_used):.1f}"
                     if groups_used else "")
-        print(f"{name:>28}: mIoU {100 * metrics.miou:5.1f}  pixel accuracy {100 * metrics.pixel_accuracy:5.1f}"
+        print(f"{name:>28}: mIoU {100 * metrics.miou:5.1f} (every pixel background: "
+              f"{100 * baseline.compute().miou:4.1f})  pixel accuracy {100 * metrics.pixel_accuracy:5.1f}"
               f"{grouping}  ({args.num} scenes)")
-    print(f"pictures: {out}/ (*_overlay.png prediction, *_truth.png ground truth, *_groups.png group maps)")
+    if sheet:
+        legend = [(name, tuple(int(c) for c in palette[i])) for i, name in enumerate(THING_CLASSES)]
+        titles = ["scene", "truth", "prediction", "final groups"]
+        save_png(contact_sheet(sheet, titles, legend), out / "contact_sheet.png")
+    print(f"pictures: {out}/contact_sheet.png (all shown scenes), *_overlay.png prediction, *_truth.png ground "
+          "truth, *_groups.png group maps")
     print("group oracle: the mIoU if every final group were given its best label (how well groups follow objects)")
     return 0

@@ -18,8 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from groupvit.commands.segment import add_model_arguments, load_model, window_settings
+from groupvit.commands.segment import add_model_arguments, load_model, warn_if_out_of_domain, window_settings
 from groupvit.errors import InputError
+from groupvit.pretrained import DEFAULT_OFFICIAL
 
 HELP = "zero-shot evaluation: segmentation mIoU (VOC, Context, COCO-Object, VOC layout) or classification accuracy"
 
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if skipped:
             print(f"groupvit eval: skipping {len(skipped)} samples with missing files (first: {skipped[0][1]})",
                   file=sys.stderr)
+        warn_if_out_of_domain(args.weights, list(dataset.class_names), args.short_side)
         model = load_model(args.weights, args.device)
         bg_thresh = dataset.bg_thresh if args.bg_thresh is None else args.bg_thresh
         segmenter = Segmenter(model, dataset.class_names, background=dataset.background, bg_thresh=bg_thresh,
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         from groupvit.fileio import atomic_path
 
         payload = {
-            "dataset": name, "root": str(root), "weights": args.weights or "default", "settings": settings,
+            "dataset": name, "root": str(root), "weights": args.weights or DEFAULT_OFFICIAL, "settings": settings,
             "results": report.to_dict(), "skipped": [{"sample": s, "missing": str(p)} for s, p in skipped],
         }
         try:

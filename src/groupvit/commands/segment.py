@@ -66,14 +66,15 @@ def window_settings(args: argparse.Namespace) -> dict[str, int]:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared with ``groupvit eval``: weights, device, inference mode, templates, batch size."""
     parser.add_argument(
-        "--weights", help="our .pt, an official NVlabs .pth, a Hugging Face directory or hub id "
-        "(default: the model shipped with the package)",
+        "--weights", help="a name (gcc-yfcc, gcc-redcaps: downloaded once and cached; synthetic-small: bundled; "
+        "see `groupvit weights`), our .pt, an official NVlabs .pth, a Hugging Face directory or hub id "
+        "(default: gcc-yfcc)",
     )
     parser.add_argument("--mode", choices=("slide", "whole"), default="slide",
                         help="448x448 windows every 224 px (official), or the whole image at once")
     parser.add_argument("--short-side", type=int, default=448,
-                        help="resize the short side to this many pixels first (official 448; the shipped "
-                        "synthetic-scenes model: 96 with --mode whole)")
+                        help="resize the short side to this many pixels first (official 448; the bundled "
+                        "synthetic-small model: 64 with --mode whole)")
     parser.add_argument("--window", type=int, default=448, help="sliding window side in pixels (default 448)")
     parser.add_argument("--stride", type=int, default=224, help="sliding window stride in pixels (default 224)")
     parser.add_argument("--templates", choices=sorted(TEMPLATES), default=None,
@@ -84,23 +85,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(weights: str | None, device: str | None) -> torch.nn.Module:
-    """The model of ``--weights``, or the shipped default; raises InputError / WeightsError on failure."""
+    """The model of ``--weights`` (default: the official ``gcc-yfcc``); raises InputError / WeightsError."""
+    from groupvit.pretrained import DEFAULT_OFFICIAL
     from groupvit.weights import load_pretrained
 
-    if weights is None:
-        try:
-            from groupvit.pretrained import default_weights_path
-        except ImportError:
-            raise InputError("no default model is installed; pass --weights (a checkpoint, HF directory or hub id)") \
-                from None
-        weights = str(default_weights_path())
     try:
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as err:
         raise InputError(f"invalid --device {device!r}: {err}") from None
     if target.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
-    return load_pretrained(weights, device=target)
+    return load_pretrained(weights or DEFAULT_OFFICIAL, device=target)
+
+
+def warn_if_out_of_domain(weights: str | None, names: list[str], short_side: int) -> None:
+    """One stderr line when the bundled synthetic-scenes model is asked about something it never saw."""
+    from groupvit.data.synthetic import BACKGROUNDS, SHAPES
+    from groupvit.pretrained import BUNDLED, local_path
+
+    if weights is None or (weights != BUNDLED and Path(weights).resolve() != local_path(BUNDLED).resolve()):
+        return
+    unknown = [name for name in names if name not in (*SHAPES, *BACKGROUNDS)]
+    if unknown or short_side != 64:
+        print(f"groupvit: warning: {BUNDLED} knows only 64 px synthetic scenes of {', '.join(SHAPES)} on "
+              f"{', '.join(BACKGROUNDS)}" + (f" (not {', '.join(unknown[:3])})" if unknown else "")
+              + "; for photos use --weights gcc-yfcc", file=sys.stderr)
 
 
 def _read_classes(value: str) -> list[str]:
@@ -174,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise InputError(f"cannot create output folder {out}: {err.strerror or err}") from None
 
+    warn_if_out_of_domain(args.weights, names, args.short_side)
     model = load_model(args.weights, args.device)
     segmenter = Segmenter(
         model, names, background=not args.no_background, bg_thresh=bg_thresh, templates=args.templates or "simple",

@@ -11,6 +11,7 @@ augmentation depends only on the generator it is given (the loader derives one p
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -263,3 +264,16 @@ class EvalTransform:
         short_side = self.image_size * 256 // 224
         resized = resize_short_side(img.convert("RGB"), short_side, INTERPOLATIONS[self.interpolation])
         return to_tensor(center_crop(resized, self.image_size), self.mean, self.std)
+
+
+def load_image(source: str | os.PathLike[str] | Image.Image | np.ndarray, image_size: int = 224) -> torch.Tensor:
+    """An image file (or PIL image / uint8 ``[H, W, 3]`` array) as the model's input: ``float32 [1, 3, S, S]``.
+
+    The evaluation transform (:class:`EvalTransform`: short side to ``S * 256 // 224``, centre crop ``S``,
+    ImageNet normalisation); EXIF orientation, palette, grey, RGBA and 16-bit files are converted like
+    :func:`~groupvit.data.images.read_image`, whose :class:`~groupvit.errors.InputError` it raises.
+    """
+    from groupvit.data.images import read_image
+
+    rgb = read_image(source)
+    return EvalTransform(image_size=image_size)(Image.fromarray(rgb))[None]

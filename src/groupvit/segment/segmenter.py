@@ -191,11 +191,10 @@ def pixel_class_scores(
 
 @dataclass
 class CropOutput:
-    """What one batch of crops gives: ``scores [B, C, h, w]``; per stage ``group_maps [B, h, w]`` and group counts."""
+    """What one batch of crops gives: ``scores [B, C, h, w]``; per stage ``group_maps [B, h, w]``."""
 
     scores: torch.Tensor
     group_maps: list[torch.Tensor]
-    group_counts: list[int]
 
 
 @dataclass
@@ -210,9 +209,10 @@ class SegmentationResult:
             model saw (short side ``short_side``), averaged over the sliding windows; ``labels`` is
             the argmax of their bilinear resize to ``(H, W)``.
         group_maps: per grouping stage, ``int32 [h, w]`` id of the group each pixel is assigned to
-            (argmax of the chained, upsampled soft maps); in sliding mode crop ``k``'s group ``g`` of
-            a stage with ``S`` groups is ``k * S + g``. Empty when not requested or the model has no
-            grouping stage.
+            (argmax of the chained, upsampled soft maps), ids ``< S`` for a stage of ``S`` groups. In
+            sliding mode they come from one extra pass over the whole pre-processed image (the groups
+            of different windows are unrelated). Empty when not requested or the model has no grouping
+            stage.
         label_names: name of each label id (``'background'`` first when there is a background).
         image_size: ``(H, W)`` of the input image.
     """
@@ -373,37 +373,48 @@ class Segmenter:
         scale = float(self.model.scale())
         q = group_class_scores(group_embeds, encoding.image_embeds.float(), self.text_embeds, scale, self.top_k)
         scores = pixel_class_scores(final, q, self.background, self.bg_thresh)
-        if not groups:
-            return CropOutput(scores, [], [])
-        return CropOutput(scores, maps, [chain.shape[-1] for chain in chains])
+        return CropOutput(scores, maps if groups else [])
+
+    def whole_image_group_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per grouping stage, ``int64 [h, w]`` group ids of a pre-processed image ``x [3, h, w]`` from one pass."""
+        encoding = self.model.encode_image_groups(x[None].to(self.device, self.dtype), normalize=True)
+        chains = chain_assignments([a.soft for a in encoding.assignments])
+        return [group_index_map(chain, encoding.grid, (x.shape[1], x.shape[2]))[0] for chain in chains]
 
     def _segment_batch(self, images: Sequence[ImageSource], groups: bool) -> list[SegmentationResult]:
         with torch.inference_mode(), eval_mode(self.model):
             prepared = [self.prepare(image) for image in images]
             mergers, jobs = [], []
+            group_maps: list[list[torch.Tensor]] = [[] for _ in prepared]
             for index, (x, _) in enumerate(prepared):
                 height, width = x.shape[1:]
                 mergers.append(WindowMerger(self.num_labels, height, width, self.device))
-                jobs.extend((index, k, window) for k, window in enumerate(self.windows(height, width)))
+                jobs.extend((index, window) for window in self.windows(height, width))
             # Crops of one image all have the same size; images of different sizes batch separately.
-            by_size: dict[tuple[int, int], list[tuple[int, int, tuple[int, int, int, int]]]] = {}
+            by_size: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
             for job in jobs:
-                y1, y2, x1, x2 = job[2]
+                y1, y2, x1, x2 = job[1]
                 by_size.setdefault((y2 - y1, x2 - x1), []).append(job)
+            whole = self.mode == "whole"
             for size_jobs in by_size.values():
                 for start in range(0, len(size_jobs), self.batch_size):
                     batch = size_jobs[start:start + self.batch_size]
-                    crops = torch.stack([prepared[i][0][:, y1:y2, x1:x2] for i, _, (y1, y2, x1, x2) in batch])
-                    out = self.segment_crops(crops, groups)
-                    for b, (i, k, window) in enumerate(batch):
-                        mergers[i].add(window, out.scores[b], [m[b] for m in out.group_maps], out.group_counts, k)
+                    crops = torch.stack([prepared[i][0][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in batch])
+                    out = self.segment_crops(crops, groups and whole)
+                    for b, (i, window) in enumerate(batch):
+                        mergers[i].add(window, out.scores[b])
+                        if out.group_maps:
+                            group_maps[i] = [m[b] for m in out.group_maps]
+            if groups and not whole:
+                # Window groups are unrelated to each other; the maps come from one pass over the image.
+                group_maps = [self.whole_image_group_maps(x) for x, _ in prepared]
             results = []
-            for (_, original), merger in zip(prepared, mergers, strict=True):
+            for (_, original), merger, maps in zip(prepared, mergers, group_maps, strict=True):
                 scores = merger.mean_scores()
                 results.append(SegmentationResult(
                     labels=upsample_argmax(scores, original),
                     scores=scores.cpu(),
-                    group_maps=[g.to(torch.int32).cpu().numpy() for g in merger.groups],
+                    group_maps=[g.to(torch.int32).cpu().numpy() for g in maps],
                     label_names=self.label_names,
                     image_size=original,
                 ))

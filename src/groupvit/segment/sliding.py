@@ -54,45 +54,18 @@ def coverage(height: int, width: int, windows: list[Window]) -> torch.Tensor:
 
 
 class WindowMerger:
-    """Accumulates the outputs of the crops of one image.
-
-    Scores ``[C, h, w]`` of each crop are summed into place and divided by the coverage count
-    (mmseg). Group maps, whose ids are only meaningful inside one crop, are not averaged: each pixel
-    keeps the map of the crop whose centre is nearest (Euclidean distance; the earlier crop on a
-    tie), and crop ``k``'s group ``g`` of a stage with ``S`` groups gets the id ``k * S + g`` so
-    that groups of different crops stay distinct.
-    """
+    """Accumulates the scores ``[C, h, w]`` of the crops of one image: summed into place, divided by the coverage."""
 
     def __init__(self, channels: int, height: int, width: int, device: torch.device) -> None:
         self.size = (height, width)
         self.scores = torch.zeros(channels, height, width, device=device)
         self.count = torch.zeros(height, width, device=device)
-        self.groups: list[torch.Tensor] = []
-        self._distance = torch.full((height, width), float("inf"), device=device)
 
-    def add(
-        self, window: Window, scores: torch.Tensor, group_maps: list[torch.Tensor], group_counts: list[int],
-        index: int,
-    ) -> None:
-        """Add crop number ``index``: ``scores [C, h, w]`` and per stage a map ``[h, w]`` of ids ``< group_counts[i]``.
-
-        Crops must be added in increasing ``index`` order (ties of the nearest-centre rule go to the first).
-        """
+    def add(self, window: Window, scores: torch.Tensor) -> None:
+        """Add the ``scores [C, y2 - y1, x2 - x1]`` of the crop ``window = (y1, y2, x1, x2)``."""
         y1, y2, x1, x2 = window
         self.scores[:, y1:y2, x1:x2] += scores
         self.count[y1:y2, x1:x2] += 1
-        if not group_maps:
-            return
-        if not self.groups:
-            self.groups = [torch.full(self.size, -1, dtype=torch.int64, device=self.count.device) for _ in group_maps]
-        ys = torch.arange(y1, y2, device=self.count.device, dtype=torch.float32) - (y1 + y2 - 1) / 2
-        xs = torch.arange(x1, x2, device=self.count.device, dtype=torch.float32) - (x1 + x2 - 1) / 2
-        distance = ys[:, None] ** 2 + xs[None, :] ** 2
-        region = self._distance[y1:y2, x1:x2]
-        closer = distance < region
-        region[closer] = distance[closer]
-        for canvas, crop_map, groups in zip(self.groups, group_maps, group_counts, strict=True):
-            canvas[y1:y2, x1:x2][closer] = crop_map[closer].long() + index * groups
 
     def mean_scores(self) -> torch.Tensor:
         """``[C, H, W]``: summed scores over the covering count."""

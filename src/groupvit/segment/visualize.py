@@ -119,7 +119,7 @@ def overlay(
         image: ``uint8 [H, W, 3]`` RGB.
         labels: ``[H, W]`` label ids into ``label_names``.
         label_names: name of each label id.
-        background: label 0 is background: left unblended and not named on the image.
+        background: label 0 is background: shown in grey levels (the image's luma), not named on the image.
         alpha: weight of the class colour (official 0.5).
         legend: append a legend of the present labels on the right.
         font_size: text height in pixels; default scales with the image (at least 12).
@@ -139,7 +139,8 @@ def overlay(
     original = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
     canvas = Image.blend(original, Image.fromarray(palette[labels]), alpha)
     if background:
-        canvas.paste(original, mask=Image.fromarray(((labels == 0) * 255).astype(np.uint8)))
+        # Background shows the image without colour, so that "nothing predicted" never looks like a class.
+        canvas.paste(original.convert("L").convert("RGB"), mask=Image.fromarray(((labels == 0) * 255).astype(np.uint8)))
     height, width = labels.shape
     size = font_size or max(12, min(48, round(min(height, width) / 28)))
     font = _font(size)
@@ -165,7 +166,7 @@ def _with_legend(
     canvas: Image.Image, present: list[int], label_names: tuple[str, ...] | list[str], palette: np.ndarray,
     background: bool, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, size: int,
 ) -> Image.Image:
-    entries = [(label, label_names[label] + (" (unchanged)" if background and label == 0 else ""))
+    entries = [(label, label_names[label] + (" (grey)" if background and label == 0 else ""))
                for label in present]
     measure = ImageDraw.Draw(canvas)
     text_w = max((measure.textbbox((0, 0), text, font=font)[2] for _, text in entries), default=0)
@@ -203,7 +204,8 @@ def group_maps_image(
     """One panel per grouping stage, side by side: group colours blended over the image.
 
     Panels have the size of the group maps (the resolution the model saw); the image is resized to
-    it. Each panel is titled ``stage i: K groups`` (the number of distinct ids shown).
+    it. Each panel is titled ``stage i: K groups`` (the number of distinct ids shown), shortened to
+    ``stage i: K`` or ``i: K`` when the panel is too narrow for it.
     """
     if not group_maps:
         raise InputError("no group maps to draw (the model has no grouping stage, or they were not computed)")
@@ -222,5 +224,44 @@ def group_maps_image(
         if titles:
             count = int(np.unique(group_map[group_map >= 0]).size)
             noun = "group" if count == 1 else "groups"
-            draw.text((x + 2, 1), f"stage {stage + 1}: {count} {noun}", font=font, fill=(0, 0, 0))
+            candidates = (f"stage {stage + 1}: {count} {noun}", f"stage {stage + 1}: {count}", f"{stage + 1}: {count}")
+            title = next((t for t in candidates if draw.textlength(t, font=font) <= width - 2), candidates[-1])
+            draw.text((x + 2, 1), title, font=font, fill=(0, 0, 0))
+    return out
+
+
+def contact_sheet(
+    rows: list[list[np.ndarray]], titles: list[str], legend: list[tuple[str, tuple[int, int, int]]],
+    cell: int = 128,
+) -> Image.Image:
+    """A grid of pictures: one row per example, one titled column per view, one colour legend at the bottom.
+
+    Args:
+        rows: per row, ``uint8 [h, w, 3]`` pictures (one per column), each resized to ``cell x cell``
+            with nearest-neighbour sampling so that label colours stay exact.
+        titles: column titles.
+        legend: ``(name, RGB colour)`` entries drawn once for the whole sheet.
+    """
+    if not rows or any(len(row) != len(titles) for row in rows):
+        raise InputError(f"every row needs one picture per column title ({len(titles)})")
+    gap, size = 4, 12
+    font = _font(size)
+    strip = size + 2 * gap
+    swatch_rows = max(1, -(-len(legend) // 4))
+    width = len(titles) * (cell + gap) + gap
+    height = strip + len(rows) * (cell + gap) + swatch_rows * (size + gap) + gap
+    out = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    for col, title in enumerate(titles):
+        draw.text((gap + col * (cell + gap), gap), title, font=font, fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        for col, picture in enumerate(row):
+            tile = Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8)).resize((cell, cell), Image.NEAREST)
+            out.paste(tile, (gap + col * (cell + gap), strip + r * (cell + gap)))
+    top = strip + len(rows) * (cell + gap)
+    column_width = (width - gap) // 4
+    for i, (name, colour) in enumerate(legend):
+        x, y = gap + (i % 4) * column_width, top + (i // 4) * (size + gap)
+        draw.rectangle((x, y, x + size, y + size), fill=tuple(int(c) for c in colour), outline=(0, 0, 0))
+        draw.text((x + size + gap, y), name, font=font, fill=(0, 0, 0))
     return out
