@@ -96,6 +96,44 @@ def test_multi_label_loss_matches_hand_computation():
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_max_group_multi_label_loss_matches_hand_computation():
+    # Two images of two groups each; an image's score for a prompt is its best group's.
+    groups = [[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [-1.0, 0.0]]]  # [B=2, G=2, D=2]
+    prompts = [[[0.0, 1.0], [0.6, 0.8]], [[1.0, 0.0], [0.8, 0.6]]]  # [B=2, K=2, D=2]
+    s = 5.0
+    flat = [p for sample in prompts for p in sample]
+
+    def score(b: int, p: list[float]) -> float:
+        return s * max(_dot(g, p) for g in groups[b])
+
+    image_rows = []
+    for b in range(2):
+        logits = [score(b, p) for p in flat]
+        log_norm = math.log(sum(math.exp(v) for v in logits))
+        image_rows.append(sum(-0.5 * (logits[b * 2 + k] - log_norm) for k in range(2)))
+    text_rows = [_ce([score(i, p) for i in range(2)], b) for b, sample in enumerate(prompts) for p in sample]
+    expected = 0.5 * (sum(image_rows) / 2 + sum(text_rows) / 4)
+    group_t, prompt_t = torch.tensor(groups), torch.tensor(prompts)
+    got = multi_label_loss(group_t, prompt_t, group_t, prompt_t, torch.tensor(s), rank=0, world_size=1)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # Identical groups reduce to the image-embedding loss of that group.
+    same = torch.tensor(IMAGES)[:, None].expand(2, 2, 2)
+    plain = multi_label_loss(torch.tensor(IMAGES), prompt_t, torch.tensor(IMAGES), prompt_t, torch.tensor(s), 0, 1)
+    assert multi_label_loss(same, prompt_t, same, prompt_t, torch.tensor(s), 0, 1).item() == pytest.approx(plain.item())
+
+
+def test_max_group_objective_keeps_the_image_text_loss_and_reaches_the_groups():
+    torch.manual_seed(0)
+    model = groupvit.create_model("tiny", vision__gumbel=False)
+    images, texts = _tiny_batch()
+    official, max_group = ContrastiveObjective(model)(images, texts), ContrastiveObjective(model, 1.0, "max-group")
+    out = max_group(images, texts)
+    assert out.itc.item() == pytest.approx(official.itc.item(), rel=1e-5)
+    assert out.multi_label.item() != pytest.approx(official.multi_label.item(), rel=1e-3)
+    out.multi_label.backward()
+    assert model.vision.stages[-1].blocks[0].attn.qkv.weight.grad.abs().sum().item() > 0
+
+
 def test_soft_target_cross_entropy_equals_hard_labels_for_one_hot():
     logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
     targets = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])

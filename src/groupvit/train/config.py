@@ -65,6 +65,9 @@ class TrainSection:
     # Multi-label targets: "official" (only an image's own prompts are positives) or "words" (every prompt
     # naming one of the image's prompt words is a positive; for small vocabularies, see losses.py).
     multi_label_targets: str = "official"
+    # What the multi-label prompts are scored against: "image" (official: the pooled image embedding) or
+    # "max-group" (the best-matching final group of each image; see losses.py).
+    multi_label_pooling: str = "image"
     # Periods in optimizer steps; 0 = only at the end of each epoch.
     log_every: int = 10
     ckpt_every: int = 1000
@@ -82,6 +85,10 @@ class TrainSection:
         if self.multi_label_targets not in ("official", "words"):
             raise ConfigError(
                 f"train.multi_label_targets must be 'official' or 'words', got {self.multi_label_targets!r}"
+            )
+        if self.multi_label_pooling not in ("image", "max-group"):
+            raise ConfigError(
+                f"train.multi_label_pooling must be 'image' or 'max-group', got {self.multi_label_pooling!r}"
             )
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")

@@ -16,6 +16,13 @@ Distributed layout (official ``dist_collect`` + per-rank loss), with ``W`` ranks
   same value one process computes on the concatenated batch.
 
 Single process (no process group): ``W = 1``, rank 0, the gather is the identity.
+
+**Multi-label pooling** (``train.multi_label_pooling``): officially the prompts are scored against the
+pooled image embedding (the mean of the final groups). ``"max-group"`` scores each prompt against the
+image's best-matching final group instead (multiple-instance max pooling): the mean of identical groups
+matches every prompt word of an image equally well, while under the max a group is rewarded for matching
+one word strongly, which pays only when different groups take different parts of the image. It is an
+option for small-scale training (docs/synthetic-experiments.md), not part of the official recipe.
 """
 
 from __future__ import annotations
@@ -148,9 +155,11 @@ def multi_label_loss(
     """Official multi-label contrastive loss of one rank (section 2.3 of the reference).
 
     Args:
-        image: local L2-normalised image embeddings ``[B, D]``.
+        image: local L2-normalised image embeddings ``[B, D]``, or group embeddings ``[B, G, D]``: an
+            image's score for a prompt is then the best of its groups' (max over ``G``).
         prompts: local L2-normalised prompt embeddings ``[B, K, D]``.
-        all_image: gathered images ``[W*B, D]``; all_prompts: gathered prompts ``[W*B, K, D]``.
+        all_image: gathered images ``[W*B, D]`` (or ``[W*B, G, D]``); all_prompts: gathered prompts
+            ``[W*B, K, D]``.
         scale: the multi-label temperature (clamped), 0-dim.
 
     Image side: ``B`` rows against all ``W*B*K`` prompts, soft target ``1/K`` on the own prompts.
@@ -162,8 +171,13 @@ def multi_label_loss(
     if targets is None:
         targets = multi_label_targets(batch, k, rank, world_size, image.device, image.dtype)
     image_targets, text_targets = targets
-    logits_image = scale * image @ all_prompts.reshape(-1, dim).t()  # [B, W*B*K]
-    logits_text = scale * prompts.reshape(-1, dim) @ all_image.t()  # [B*K, W*B]
+    flat_prompts = all_prompts.reshape(-1, dim)
+    if image.dim() == 3:
+        logits_image = scale * (image @ flat_prompts.t()).amax(dim=1)  # [B, G, W*B*K] -> [B, W*B*K]
+        logits_text = scale * torch.einsum("pd,ngd->png", prompts.reshape(-1, dim), all_image).amax(dim=2)
+    else:
+        logits_image = scale * image @ flat_prompts.t()  # [B, W*B*K]
+        logits_text = scale * prompts.reshape(-1, dim) @ all_image.t()  # [B*K, W*B]
     return 0.5 * (
         soft_target_cross_entropy(logits_image, image_targets) + soft_target_cross_entropy(logits_text, text_targets)
     )
@@ -195,11 +209,14 @@ class GroupViTLoss(nn.Module):
     def forward(
         self, image: torch.Tensor, texts: torch.Tensor, scale: torch.Tensor,
         multi_label_scale: torch.Tensor | None = None, prompt_words: torch.Tensor | None = None,
+        groups: torch.Tensor | None = None,
     ) -> LossOutput:
         """``image [B, D]`` and ``texts [B, 1+K, D]`` (index 0 the caption), both L2-normalised.
 
         ``multi_label_scale`` defaults to ``scale`` (shared temperature). ``prompt_words [B, K]`` (word ids,
         gathered without gradient) switches the multi-label targets to :func:`word_multi_label_targets`.
+        ``groups [B, G, D]`` (L2-normalised group embeddings) scores the prompts against each image's best
+        group instead of the image embedding.
         """
         if texts.dim() != 3 or texts.shape[0] != image.shape[0]:
             raise InputError(
@@ -215,6 +232,8 @@ class GroupViTLoss(nn.Module):
         targets = None
         if prompt_words is not None:
             targets = word_multi_label_targets(prompt_words, gather_no_grad(prompt_words), r, image.dtype)
+        if groups is not None:
+            image, all_image = groups, gather_with_grad(groups)
         ml = multi_label_loss(image, texts[:, 1:], all_image, all_texts[:, 1:], ml_scale, r, w, targets)
         return LossOutput(itc + self.multi_label_weight * ml, itc, ml)
 
@@ -233,10 +252,11 @@ class ContrastiveObjective(nn.Module):
     in one batch, as in the official model.
     """
 
-    def __init__(self, model: GroupViT, multi_label_weight: float = 1.0) -> None:
+    def __init__(self, model: GroupViT, multi_label_weight: float = 1.0, multi_label_pooling: str = "image") -> None:
         super().__init__()
         self.model = model
         self.loss = GroupViTLoss(multi_label_weight)
+        self.max_group = multi_label_pooling == "max-group"
 
     def forward(
         self, images: torch.Tensor, texts: torch.Tensor, prompt_words: torch.Tensor | None = None
@@ -249,8 +269,14 @@ class ContrastiveObjective(nn.Module):
                 f"expected texts [B, 1+K, T] with B={images.shape[0]} and K=model multi_label={k}, got "
                 f"{tuple(texts.shape)}; set data.multi_label to the model's multi_label"
             )
-        image = F.normalize(_at_least_fp32(self.model.encode_image(images, normalize=False)), dim=-1)
+        groups = None
+        if self.max_group and k > 0:
+            encoding = self.model.encode_image_groups(images, normalize=False)
+            image = F.normalize(_at_least_fp32(encoding.image_embeds), dim=-1)
+            groups = F.normalize(_at_least_fp32(encoding.group_embeds), dim=-1)
+        else:
+            image = F.normalize(_at_least_fp32(self.model.encode_image(images, normalize=False)), dim=-1)
         text = F.normalize(_at_least_fp32(self.model.encode_text(texts, normalize=False)), dim=-1)
         scale = self.model.scale()
         ml_scale = self.model.scale(multi_label=True) if k > 0 else None
-        return self.loss(image, text, scale, ml_scale, prompt_words)
+        return self.loss(image, text, scale, ml_scale, prompt_words, groups)

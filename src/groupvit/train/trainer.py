@@ -251,7 +251,7 @@ class Trainer:
         state = TrainState(**ckpt["train_state"]) if ckpt is not None else TrainState()
 
         model = self._build_model(ckpt)
-        objective = ContrastiveObjective(model, t.multi_label_loss_weight)
+        objective = ContrastiveObjective(model, t.multi_label_loss_weight, t.multi_label_pooling)
         wrapped: torch.nn.Module = objective
         if env.world_size > 1:
             wrapped = wrap_ddp(objective, env)
