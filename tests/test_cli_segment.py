@@ -12,14 +12,8 @@ from PIL import Image
 import groupvit
 import groupvit.cli
 from groupvit.data.benchmarks import voc_layout
-from groupvit.evaluate.miou import IoUAccumulator
+from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
 from groupvit.segment import Segmenter
-
-
-@pytest.fixture(autouse=True)
-def commands(monkeypatch):
-    monkeypatch.setitem(groupvit.cli.COMMANDS, "segment", "groupvit.commands.segment")
-    monkeypatch.setitem(groupvit.cli.COMMANDS, "eval", "groupvit.commands.eval")
 
 
 @pytest.fixture(scope="module")
@@ -119,21 +113,26 @@ def test_eval_on_synthetic_scenes(tmp_path, weights, capsys):
     root = write_voc_scenes(tmp_path / "scenes", 3, image_size=64, progress=False)
     out = tmp_path / "results.json"
     status = groupvit.cli.main(["eval", "--root", str(root), "--weights", str(weights), "--out", str(out),
-                                "--limit", "2", "--quiet"])
+                                "--limit", "2", "--quiet", "--group-oracle", "--short-side", "32"])
     assert status == 0
     printed = capsys.readouterr().out
     assert "mIoU" in printed and "circle" in printed
     data = json.loads(out.read_text())
     assert data["dataset"] == "voc-layout" and data["results"]["num_images"] == 2
     assert data["settings"]["bg_thresh"] == 0.95 and data["settings"]["mode"] == "slide"
-    # The same numbers through the Python API.
+    assert "group oracle mIoU" in printed
+    # The same numbers through the Python API; the group maps (32 x 32) are enlarged 2x to the labels.
     dataset = voc_layout(root)
-    segmenter = Segmenter(groupvit.load_pretrained(weights), dataset.class_names)
-    accumulator = IoUAccumulator(len(dataset.label_names))
+    segmenter = Segmenter(groupvit.load_pretrained(weights), dataset.class_names, short_side=32)
+    accumulator, oracle = IoUAccumulator(len(dataset.label_names)), IoUAccumulator(len(dataset.label_names))
     for index in range(2):
         image, labels = dataset.load(index)
-        accumulator.update(segmenter(image).labels, labels)
+        result = segmenter(image)
+        accumulator.update(result.labels, labels)
+        groups = result.group_maps[-1].repeat(2, axis=0).repeat(2, axis=1)
+        oracle.update(group_oracle_labels(groups, labels), labels)
     assert data["results"]["mIoU"] == pytest.approx(100 * accumulator.compute().miou, abs=1e-3)
+    assert data["results"]["group_oracle_mIoU"] == pytest.approx(100 * oracle.compute().miou, abs=1e-3)
 
 
 def test_eval_bad_arguments(tmp_path, weights, capsys):

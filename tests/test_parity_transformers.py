@@ -142,3 +142,44 @@ def test_interpolated_position_table_is_direct_bicubic():
     got = groupvit.model.interpolate_pos_embed(table, grid)
     assert torch.equal(got, expected)
     assert groupvit.model.interpolate_pos_embed(table, (4, 4)) is table
+
+
+@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
+def test_group_embeddings_and_segmentation_logits_equal_transformers_output_segmentation(size, tmp_path):
+    config = SMALL
+    hf_config = transformers.GroupViTConfig(**groupvit.weights.config_to_hf(config))
+    torch.manual_seed(0)
+    hf = transformers.GroupViTModel(hf_config).eval()
+    randomize_buffers(hf, seed=7)
+    hf.save_pretrained(tmp_path)
+    ours = groupvit.load_pretrained(tmp_path)
+    images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(8))
+    tokens = make_tokens(3, 49408, seed=9)
+    embeddings = hf.vision_model.embeddings
+    original = embeddings.forward
+    embeddings.forward = lambda pixel_values, interpolate_pos_encoding=False: original(
+        pixel_values, interpolate_pos_encoding=True
+    )
+    try:
+        with torch.no_grad():
+            ref = hf(input_ids=tokens, pixel_values=images, output_segmentation=True)
+            ref_groups = torch.nn.functional.normalize(
+                hf.visual_projection(ref.vision_model_output.last_hidden_state.flatten(0, 1)), dim=-1
+            ).reshape(2, -1, config.projection_dim)
+    finally:
+        embeddings.forward = original
+    with torch.no_grad():
+        enc = ours.encode_image_groups(images)
+        text = ours.encode_text(tokens)
+    assert (enc.group_embeds - ref_groups).abs().max().item() <= TOL
+    from groupvit.segment.segmenter import chain_assignments
+
+    chain = chain_assignments([a.soft for a in enc.assignments])[-1]  # [B, L, G]
+    maps = chain.transpose(1, 2).reshape(2, -1, *enc.grid)
+    maps = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False)  # [B, G, H, W]
+    logits = ours.scale() * enc.group_embeds @ text.t()  # [B, G, T]
+    seg = torch.einsum("bgt,bghw->bthw", logits, maps)
+    assert seg.shape == ref.segmentation_logits.shape
+    err = (seg - ref.segmentation_logits).abs().max().item()
+    assert err <= TOL * max(1.0, ref.segmentation_logits.abs().max().item()), f"max abs error {err:.2e}"
+

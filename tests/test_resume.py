@@ -36,9 +36,8 @@ from groupvit.train.optim import build_optimizer
 from groupvit.train.random_data import COLOURS, PAIRS
 
 ROOT = Path(__file__).resolve().parents[1]
-# `python -m groupvit.cli train ...`, registering the command in case this checkout's cli lacks it.
-LAUNCH = ("import sys, groupvit.cli as cli; cli.COMMANDS.setdefault('train', 'groupvit.commands.train'); "
-          "sys.exit(cli.main())")
+# `python -m groupvit.cli train ...`
+LAUNCH = "import sys, groupvit.cli as cli; sys.exit(cli.main())"
 
 
 def write_caption_shards(directory: Path, count: int, per_shard: int = 8, size: int = 40,

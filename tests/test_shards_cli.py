@@ -16,11 +16,6 @@ from groupvit.data.sources import RawSample, decode_sample, iter_tar_groups
 from groupvit.data.transforms import ImageAugConfig
 
 
-@pytest.fixture(autouse=True)
-def shards_command(monkeypatch):
-    monkeypatch.setitem(groupvit.cli.COMMANDS, "shards", "groupvit.commands.shards")
-
-
 def save(path: Path, value: int, fmt: str) -> None:
     array = np.full((10, 14, 3), value, np.uint8)
     Image.fromarray(array).save(path, format=fmt)

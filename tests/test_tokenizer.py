@@ -221,3 +221,54 @@ def test_parity_on_raw_plain_text(tok, hf_tok):
     # For plain ASCII text without entities, cleaning is the same in both, so raw text must match too.
     for caption in ["A photo of a Dog.", "two  cats\ton a sofa, 3 pillows!", "It's 5 o'clock"]:
         assert tok.encode(caption) == hf_tok(caption, add_special_tokens=False)["input_ids"]
+
+
+def reference_simple_tokenizer():
+    """OpenAI's ``SimpleTokenizer`` from the ``openai-clip`` package, loaded from its file: the package's
+    ``__init__`` imports torchvision, which this project does not install."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the openai-clip package (a dependency) is not installed")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    module_spec = importlib.util.spec_from_file_location("reference_simple_tokenizer", folder / "simple_tokenizer.py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.SimpleTokenizer(str(folder / "bpe_simple_vocab_16e6.txt.gz"))
+
+
+def outside_captions() -> list[str]:
+    from groupvit.data.synthetic import SceneGenerator
+
+    generator = SceneGenerator(image_size=32, seed=3, split="train")
+    synthetic = [generator.sample(i).caption for i in range(120)]
+    hand = [
+        "A Photo of a DOG.", "it's a dog's life, isn't it?", "I'd've gone... (maybe) -- 3.14 km/h @ 5pm #sunset",
+        "café naïve résumé Ångström", "日本の猫 と 犬", "emoji 🐱🐶 party 🎉!!!", "Ｆｕｌｌ　ｗｉｄｔｈ ｔｅｘｔ",
+        "fish &amp; chips", "fish &amp;amp; chips", "&lt;b&gt;bold&lt;/b&gt; &quot;quoted&quot;", "cafÃ© mojibake",
+        "“curly” ‘quotes’ — dashes – too", "tabs\tand\nnew\r\nlines   and    spaces", "", "   ", "<|endoftext|>",
+        "<|startoftext|>hello", "x" * 300, "supercalifragilisticexpialidocious antidisestablishmentarianism",
+        "numbers 1234567890 0.5 1e-3 100% $20 €30", "under_score camelCase kebab-case snake_case",
+        "word " * 100, "Ünïcödé ÀÉÎÕÜ ßẞ ﬁﬂ ligatures", "https://example.com/path?q=1&x=2",
+    ]
+    rng = random.Random(7)
+    pool = ["red", "circle", "The", "of", "a", "photo", "Cat's", "grass,", "sky!", "(tree)", "42", "über", "naïve",
+            "&amp;", "—", "🐕", "dog.", "'s", "n't", "x-ray", "C++", "e-mail", "U.S.A.", "well-being"]
+    random_texts = [" ".join(rng.choice(pool) for _ in range(rng.randint(1, 30))) for _ in range(120)]
+    return synthetic + hand + random_texts
+
+
+def test_ids_equal_openai_simple_tokenizer_on_outside_captions(tok):
+    reference = reference_simple_tokenizer()
+    captions = outside_captions()
+    assert len(captions) > 250
+    for text in captions:
+        assert tok.encode(text) == reference.encode(text), text
+    # tokenize(): [SOT] ids [EOT], zero padding, truncated to 77 with EOT last (CLIP's tokenize with truncate).
+    batch = tokenize(captions)
+    for row, text in zip(batch.tolist(), captions, strict=True):
+        ids = [SOT, *reference.encode(text), EOT]
+        ids = ids[:76] + [EOT] if len(ids) > 77 else ids
+        assert row == ids + [0] * (77 - len(ids)), text

@@ -121,7 +121,6 @@ def test_eval_hooks_and_best_checkpoint(tmp_path):
 
 
 def test_train_command(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(groupvit.cli.COMMANDS, "train", "groupvit.commands.train")
     out = tmp_path / "cli"
     args = ["train", "--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output", str(out),
             "train.epochs=1", "data.sources.0.size=16", "train.progress=false"]

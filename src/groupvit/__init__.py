@@ -18,7 +18,7 @@ from typing import Any
 from groupvit.config import PRESETS, GroupViTConfig, TextConfig, VisionConfig, apply_overrides, get_config
 from groupvit.data.images import read_image
 from groupvit.data.transforms import load_image
-from groupvit.errors import ConfigError, GroupViTError, InputError, WeightsError
+from groupvit.errors import ConfigError, DivergenceError, GroupViTError, InputError, WeightsError
 from groupvit.model import GroupViT, ImageEncoding
 from groupvit.segment import SegmentationResult, Segmenter
 from groupvit.text.templates import TEMPLATES, get_templates
@@ -46,7 +46,7 @@ def create_model(preset_or_config: str | GroupViTConfig = "gcc-yfcc", **override
 
 
 __all__ = [
-    "PRESETS", "TEMPLATES", "ConfigError", "GroupViT", "GroupViTConfig", "GroupViTError", "ImageEncoding",
+    "PRESETS", "TEMPLATES", "ConfigError", "DivergenceError", "GroupViT", "GroupViTConfig", "GroupViTError", "ImageEncoding",
     "InputError", "SegmentationResult", "Segmenter", "TextConfig", "Tokenizer", "VisionConfig", "WeightsError",
     "create_model", "get_config", "get_templates", "load_image", "load_pretrained", "read_image", "save_checkpoint",
     "save_pretrained", "tokenize",

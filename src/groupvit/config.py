@@ -88,11 +88,6 @@ class VisionConfig:
             raise ConfigError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
 
     @property
-    def num_grouping_stages(self) -> int:
-        """Number of stages that end in a grouping block."""
-        return len(self.num_output_groups)
-
-    @property
     def grid_size(self) -> int:
         """Side of the square patch grid the position table is stored for."""
         return self.image_size // self.patch_size

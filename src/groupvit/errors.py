@@ -15,3 +15,7 @@ class WeightsError(GroupViTError):
 
 class InputError(GroupViTError, ValueError):
     """An image, text or tensor argument has the wrong type, shape or content."""
+
+
+class DivergenceError(GroupViTError, FloatingPointError):
+    """Training produced a non-finite loss (the message names the step); no update was applied."""

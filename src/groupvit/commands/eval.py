@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="imagenet-folder: class names (text, one per line in folder order; or JSON)")
     parser.add_argument("--skip-missing", action="store_true",
                         help="leave out samples whose image or label file is missing instead of stopping")
+    parser.add_argument("--group-oracle", action="store_true",
+                        help="segmentation: also report the group-oracle mIoU (each final group given its best "
+                             "label: how well the groups follow objects, independently of naming)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -103,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             "templates": args.templates or "simple", "short_side": segmenter.short_side,
             "window": segmenter.window, "stride": segmenter.stride, "top_k": segmenter.top_k,
         }
-        report = evaluate_segmentation(segmenter, dataset, limit=args.limit, progress=progress)
+        report = evaluate_segmentation(segmenter, dataset, limit=args.limit, progress=progress,
+                                       group_oracle=args.group_oracle)
     print(report.table())
     if args.out:
         from groupvit.fileio import atomic_path

@@ -135,6 +135,7 @@ class SegmentationReport:
     label_names: tuple[str, ...]
     num_images: int
     seconds: float
+    oracle: MIoUResult | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict; percentages like the papers (NaN -> None)."""
@@ -142,8 +143,10 @@ class SegmentationReport:
         def pct(value: float) -> float | None:
             return None if math.isnan(value) else round(100 * float(value), 4)
 
+        oracle = {} if self.oracle is None else {"group_oracle_mIoU": pct(self.oracle.miou)}
         return {
             "mIoU": pct(self.metrics.miou),
+            **oracle,
             "mAcc": pct(self.metrics.mean_accuracy),
             "aAcc": pct(self.metrics.pixel_accuracy),
             "num_images": self.num_images,
@@ -165,6 +168,8 @@ class SegmentationReport:
             f"mIoU {_fmt(m.miou)}  mAcc {_fmt(m.mean_accuracy)}  aAcc {_fmt(m.pixel_accuracy)}  "
             f"({self.num_images} images, {self.seconds:.1f} s)"
         )
+        if self.oracle is not None:
+            lines.append(f"group oracle mIoU {_fmt(self.oracle.miou)} (each final group given its best label)")
         return "\n".join(lines)
 
 
@@ -173,7 +178,8 @@ def _fmt(value: float) -> str:
 
 
 def evaluate_segmentation(
-    segmenter: Segmenter, dataset: SegmentationDataset, limit: int | None = None, progress: bool = True
+    segmenter: Segmenter, dataset: SegmentationDataset, limit: int | None = None, progress: bool = True,
+    group_oracle: bool = False,
 ) -> SegmentationReport:
     """Zero-shot mIoU of ``segmenter`` (a :class:`~groupvit.segment.Segmenter` built for ``dataset``'s classes).
 
@@ -182,6 +188,8 @@ def evaluate_segmentation(
         dataset: images and label maps.
         limit: evaluate only the first ``limit`` samples.
         progress: show a tqdm bar on stderr.
+        group_oracle: also score :func:`group_oracle_labels` of the final group map (resized to the label
+            map by nearest neighbour): how well the groups follow objects, independently of naming.
     """
     if segmenter.num_labels != len(dataset.label_names) or segmenter.background != dataset.background:
         raise InputError(
@@ -191,7 +199,8 @@ def evaluate_segmentation(
     samples = dataset.samples[:limit] if limit is not None else dataset.samples
     accumulator = IoUAccumulator(len(dataset.label_names), dataset.ignore_index)
     start = time.perf_counter()
-    results = segmenter.iter_segment((sample.image for sample in samples), groups=False)
+    oracle = IoUAccumulator(len(dataset.label_names), dataset.ignore_index) if group_oracle else None
+    results = segmenter.iter_segment((sample.image for sample in samples), groups=group_oracle)
     bar = tqdm(zip(samples, results, strict=True), total=len(samples), desc=f"eval {dataset.name}", unit="img",
                disable=not progress)
     for sample, result in bar:
@@ -202,5 +211,16 @@ def evaluate_segmentation(
                 f"{sample.label} is {label.shape[0]}x{label.shape[1]}"
             )
         accumulator.update(result.labels, label)
+        if oracle is not None and result.group_maps:
+            oracle.update(group_oracle_labels(resize_nearest(result.group_maps[-1], label.shape), label,
+                                              dataset.ignore_index), label)
         bar.set_postfix(mIoU=_fmt(accumulator.compute().miou))
-    return SegmentationReport(accumulator.compute(), dataset.label_names, len(samples), time.perf_counter() - start)
+    return SegmentationReport(accumulator.compute(), dataset.label_names, len(samples), time.perf_counter() - start,
+                              oracle.compute() if oracle is not None else None)
+
+
+def resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``[h, w]`` -> ``[H, W]`` by nearest neighbour (pixel centres, like PIL's NEAREST)."""
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * array.shape[0] / shape[0]).astype(np.int64), array.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * array.shape[1] / shape[1]).astype(np.int64), array.shape[1] - 1)
+    return array[rows[:, None], cols[None, :]]

@@ -223,15 +223,6 @@ class SegmentationResult:
     label_names: tuple[str, ...]
     image_size: tuple[int, int]
 
-    @property
-    def processed_size(self) -> tuple[int, int]:
-        """``(h, w)`` of ``scores`` and ``group_maps``."""
-        return int(self.scores.shape[1]), int(self.scores.shape[2])
-
-    def present_labels(self) -> list[int]:
-        """Sorted label ids that occur in ``labels``."""
-        return [int(v) for v in np.unique(self.labels)]
-
 
 class Segmenter:
     """Zero-shot segmentation of images into a fixed vocabulary; class text embeddings are cached.

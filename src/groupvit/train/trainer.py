@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
 import random
 import sys
 import time
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from groupvit.errors import ConfigError, InputError, WeightsError
+from groupvit.errors import ConfigError, DivergenceError, InputError, WeightsError
 from groupvit.model import GroupViT
 from groupvit.train.checkpoint import (
     CheckpointManager,
@@ -327,9 +326,6 @@ class Trainer:
             means = (all_reduce_mean(window.sums / window.micro_batches)).tolist()
             images = int(all_reduce_sum(torch.tensor(window.images, dtype=torch.float64)).item())
             elapsed = max(time.perf_counter() - window.started, 1e-9)
-            if not math.isfinite(means[0]):
-                raise FloatingPointError(f"loss is {means[0]} at step {state.step}; lower train.base_lr or resume "
-                                         "from the last checkpoint with another seed")
             record: dict[str, Any] = {
                 "step": state.step, "epoch": epoch, "batch": batch, "loss": means[0], "itc": means[1],
                 "multi_label": means[2] if model.config.multi_label > 0 else None, "lr": lr,
@@ -376,6 +372,11 @@ class Trainer:
                     with sync:
                         with torch.autocast(env.device.type, dtype=amp_dtype, enabled=use_amp):
                             out = wrapped(images, texts, words)
+                        if not bool(torch.isfinite(out.total)):
+                            # Stop before the update: the weights and the last checkpoint stay finite.
+                            raise DivergenceError(
+                                f"loss is {out.total.item()} at step {state.step + 1}; lower train.base_lr or "
+                                "resume from the last checkpoint with another seed")
                         loss = out.total / accum
                         (scaler.scale(loss) if scaler is not None else loss).backward()
                     window.add(out, images.shape[0])
