@@ -27,6 +27,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "soft-assignment": ("soft instead of hard (Gumbel) assignment",
                         ["model.vision.hard_assignment=false", "model.vision.gumbel=false"]),
     "no-multi-label": ("image-text loss only", ["model.multi_label=0"]),
+    "max-group": ("multi-label prompts scored against the best final group", ["train.multi_label_pooling=max-group"]),
     "patch-stem": ("one 8x8 patch convolution instead of the convolutional stem", ["model.vision.stem=patch"]),
     "one-stage": ("one grouping stage (8 groups)",
                   ["model.vision.depths=[3,3]", "model.vision.num_heads=[4,4]", "model.vision.num_group_tokens=[8,0]",
