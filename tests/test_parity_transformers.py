@@ -178,7 +178,9 @@ def test_group_embeddings_and_segmentation_logits_equal_transformers_output_segm
     maps = chain.transpose(1, 2).reshape(2, -1, *enc.grid)
     maps = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False)  # [B, G, H, W]
     logits = ours.scale() * enc.group_embeds @ text.t()  # [B, G, T]
-    seg = torch.einsum("bgt,bghw->bthw", logits, maps)
+    # transformers multiplies by the temperature a second time after the grouping (its segmentation_logits
+    # are scale^2 * similarity); the arg-max over classes, what segmentation uses, is the same.
+    seg = ours.scale() * torch.einsum("bgt,bghw->bthw", logits, maps)
     assert seg.shape == ref.segmentation_logits.shape
     err = (seg - ref.segmentation_logits).abs().max().item()
     assert err <= TOL * max(1.0, ref.segmentation_logits.abs().max().item()), f"max abs error {err:.2e}"

@@ -46,8 +46,8 @@ def create_model(preset_or_config: str | GroupViTConfig = "gcc-yfcc", **override
 
 
 __all__ = [
-    "PRESETS", "TEMPLATES", "ConfigError", "DivergenceError", "GroupViT", "GroupViTConfig", "GroupViTError", "ImageEncoding",
-    "InputError", "SegmentationResult", "Segmenter", "TextConfig", "Tokenizer", "VisionConfig", "WeightsError",
-    "create_model", "get_config", "get_templates", "load_image", "load_pretrained", "read_image", "save_checkpoint",
-    "save_pretrained", "tokenize",
+    "PRESETS", "TEMPLATES", "ConfigError", "DivergenceError", "GroupViT", "GroupViTConfig", "GroupViTError",
+    "ImageEncoding", "InputError", "SegmentationResult", "Segmenter", "TextConfig", "Tokenizer", "VisionConfig",
+    "WeightsError", "create_model", "get_config", "get_templates", "load_image", "load_pretrained", "read_image",
+    "save_checkpoint", "save_pretrained", "tokenize",
 ]

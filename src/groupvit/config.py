@@ -182,11 +182,12 @@ def _small() -> GroupViTConfig:
 
 
 def _synthetic() -> GroupViTConfig:
-    # The shipped synthetic-scenes model: `small` with a convolutional stem at 64 px (8 x 8 patch grid).
+    # The shipped synthetic-scenes model: `small` with a convolutional stem at 64 px (8 x 8 patch grid) and
+    # 16 -> 4 groups (about four patches per stage-1 group, as the official 196 -> 64; at most 3 objects).
     config = _small()
     config.vision = VisionConfig(
         image_size=64, patch_size=8, stem="conv", width=128, depths=(2, 2, 2), num_heads=(4, 4, 4),
-        num_group_tokens=(32, 8, 0), num_output_groups=(32, 8), drop_path_rate=0.0,
+        num_group_tokens=(16, 4, 0), num_output_groups=(16, 4), drop_path_rate=0.0,
     )
     return config
 
