@@ -66,6 +66,11 @@ def test_synth_demo_segment_and_eval(scenes, tmp_path):
     assert "warning" not in proc.stderr  # in the bundled model's domain
     labels = read_label_map(tmp_path / "seg" / f"{image.stem}_labels.png")
     assert labels.shape == (64, 64) and labels.max() <= 6
+    two = sorted((scenes / "VOC2012" / "JPEGImages").iterdir())[:2]
+    proc = groupvit_cli("segment", *map(str, two), "--classes", "circle,star", "--weights", "synthetic-small",
+                        "--mode", "whole", "--short-side", "64", "--out", str(tmp_path / "two"), "--no-groups")
+    assert proc.returncode == 0, proc.stderr
+    assert "2/2" in proc.stderr  # one progress bar for a list of files, not only for folders
     out = tmp_path / "eval.json"
     proc = groupvit_cli("eval", "--root", str(scenes), "--weights", "synthetic-small", "--mode", "whole",
                         "--short-side", "64", "--out", str(out), "--quiet")

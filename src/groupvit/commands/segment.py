@@ -8,7 +8,8 @@ For every image ``<stem>.<ext>`` it writes into ``--out`` (default: the current 
 * ``<stem>_groups.png``: the group map of each grouping stage (unless ``--no-groups``).
 
 When two inputs share a stem the extension is kept in the name (``x_jpg_labels.png``). A folder
-argument stands for the images directly inside it (by extension), with a progress bar.
+argument stands for the images directly inside it (by extension). A run of two or more images shows one
+progress bar; per-image lines and skip messages are written through it.
 
 Exit status: 0 when every image was segmented; 1 when some image could not be read or processed
 (each is reported on stderr and skipped, the others are written); 2 on bad arguments (missing path,
@@ -119,9 +120,9 @@ def _read_classes(value: str) -> list[str]:
     return value.split(",")
 
 
-def collect_inputs(arguments: list[str]) -> tuple[list[Path], bool]:
-    """Image paths named by the arguments (folders expanded) and whether any folder was given."""
-    paths, folder_mode = [], False
+def collect_inputs(arguments: list[str]) -> list[Path]:
+    """Image paths named by the arguments (folders expanded to the images directly inside them)."""
+    paths: list[Path] = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
@@ -129,12 +130,11 @@ def collect_inputs(arguments: list[str]) -> tuple[list[Path], bool]:
             if not images:
                 raise InputError(f"folder {path} holds no image files")
             paths.extend(images)
-            folder_mode = True
         elif path.is_file():
             paths.append(path)
         else:
             raise InputError(f"no such image file or folder: {path}")
-    return paths, folder_mode
+    return paths
 
 
 def output_stems(paths: list[Path]) -> list[str]:
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         bg_thresh = 0.95 if args.bg_thresh is None else args.bg_thresh
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
-    paths, folder_mode = collect_inputs(args.images)
+    paths = collect_inputs(args.images)
     stems = output_stems(paths)
     out = Path(args.out)
     try:
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         failures += 1
         tqdm.write(f"groupvit segment: skipped {path}: {err}", file=sys.stderr)
 
-    bar = tqdm(total=len(paths), unit="img", desc="segment", disable=args.quiet or not folder_mode)
+    bar = tqdm(total=len(paths), unit="img", desc="segment", disable=args.quiet or len(paths) < 2)
     groups = not args.no_groups
     for start in range(0, len(paths), args.batch_size):
         chunk = []
