@@ -6,6 +6,9 @@ Both directions are checked: transformers weights -> ``load_pretrained``, and ou
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -53,18 +56,23 @@ def make_tokens(batch: int, vocab: int, context: int = 77, seed: int = 0) -> tor
     return tokens
 
 
-def hf_outputs(hf_model, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+@contextlib.contextmanager
+def interpolating(hf_model) -> Iterator[None]:
+    """transformers never threads interpolate_pos_encoding through to the embeddings: force it."""
     embeddings = hf_model.vision_model.embeddings
     original = embeddings.forward
-    # transformers never threads interpolate_pos_encoding through to the embeddings: force it.
     embeddings.forward = lambda pixel_values, interpolate_pos_encoding=False: original(
         pixel_values, interpolate_pos_encoding=True
     )
     try:
-        with torch.no_grad():
-            out = hf_model(input_ids=tokens, pixel_values=images, output_attentions=True)
+        yield
     finally:
         embeddings.forward = original
+
+
+def hf_outputs(hf_model, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    with interpolating(hf_model), torch.no_grad():
+        out = hf_model(input_ids=tokens, pixel_values=images, output_attentions=True)
     return {
         "image": out.image_embeds, "text": out.text_embeds, "logits": out.logits_per_image,
         "soft": list(out.vision_model_output.attentions),
@@ -155,19 +163,11 @@ def test_group_embeddings_and_segmentation_logits_equal_transformers_output_segm
     ours = groupvit.load_pretrained(tmp_path)
     images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(8))
     tokens = make_tokens(3, 49408, seed=9)
-    embeddings = hf.vision_model.embeddings
-    original = embeddings.forward
-    embeddings.forward = lambda pixel_values, interpolate_pos_encoding=False: original(
-        pixel_values, interpolate_pos_encoding=True
-    )
-    try:
-        with torch.no_grad():
-            ref = hf(input_ids=tokens, pixel_values=images, output_segmentation=True)
-            ref_groups = torch.nn.functional.normalize(
-                hf.visual_projection(ref.vision_model_output.last_hidden_state.flatten(0, 1)), dim=-1
-            ).reshape(2, -1, config.projection_dim)
-    finally:
-        embeddings.forward = original
+    with interpolating(hf), torch.no_grad():
+        ref = hf(input_ids=tokens, pixel_values=images, output_segmentation=True)
+        ref_groups = torch.nn.functional.normalize(
+            hf.visual_projection(ref.vision_model_output.last_hidden_state.flatten(0, 1)), dim=-1
+        ).reshape(2, -1, config.projection_dim)
     with torch.no_grad():
         enc = ours.encode_image_groups(images)
         text = ours.encode_text(tokens)
