@@ -101,14 +101,16 @@ def load_model(weights: str | None, device: str | None) -> torch.nn.Module:
 
 def warn_if_out_of_domain(weights: str | None, names: list[str], short_side: int) -> None:
     """One stderr line when the bundled synthetic-scenes model is asked about something it never saw."""
+    from groupvit.config import get_config
     from groupvit.data.synthetic import BACKGROUNDS, SHAPES
     from groupvit.pretrained import BUNDLED, local_path
 
     if weights is None or (weights != BUNDLED and Path(weights).resolve() != local_path(BUNDLED).resolve()):
         return
+    size = get_config("synthetic").vision.image_size
     unknown = [name for name in names if name not in (*SHAPES, *BACKGROUNDS)]
-    if unknown or short_side != 64:
-        print(f"groupvit: warning: {BUNDLED} knows only 64 px synthetic scenes of {', '.join(SHAPES)} on "
+    if unknown or short_side != size:
+        print(f"groupvit: warning: {BUNDLED} knows only {size} px synthetic scenes of {', '.join(SHAPES)} on "
               f"{', '.join(BACKGROUNDS)}" + (f" (not {', '.join(unknown[:3])})" if unknown else "")
               + "; for photos use --weights gcc-yfcc", file=sys.stderr)
 
