@@ -224,3 +224,22 @@ def test_other_configs_load():
     assert synthetic.model_config().vision.stem == "conv" and "photo" in data.prompt_stopwords
     tiny = load_config(ROOT / "configs" / "tiny-cpu.yaml")
     assert tiny.train.device == "cpu" and tiny.data["sources"][0]["type"] == "random"
+
+
+def test_segmentation_hook_reports_the_evaluation_numbers(tmp_path):
+    from groupvit.data.benchmarks import voc_layout
+    from groupvit.data.synthetic import write_voc_scenes
+    from groupvit.evaluate.miou import evaluate_segmentation
+    from groupvit.segment import Segmenter
+    from groupvit.train.hooks import segmentation
+
+    root = write_voc_scenes(tmp_path / "scenes", 4, image_size=32, progress=False)
+    model = groupvit.create_model("tiny")
+    metrics = segmentation(str(root), short_side=32, mode="whole")(model, 0)
+    data = voc_layout(root)
+    report = evaluate_segmentation(
+        Segmenter(model, data.class_names, bg_thresh=data.bg_thresh, mode="whole", short_side=32), data,
+        progress=False, group_oracle=True)
+    expected = {"seg_miou": report.metrics.miou, "seg_acc": report.metrics.pixel_accuracy,
+                "seg_oracle": report.oracle.miou}
+    assert metrics == pytest.approx({key: 100 * value for key, value in expected.items()})

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from groupvit.commands.segment import add_refine_argument
 from groupvit.errors import InputError
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"best class score is below --bg-thresh). Default {DEFAULT_BACKGROUND}")
     parser.add_argument("--bg-thresh", type=float, default=None,
                         help="threshold of --background threshold (default: the official VOC value 0.95)")
+    add_refine_argument(parser)
 
 
 def _enlarge(array: np.ndarray, size: int) -> np.ndarray:
@@ -47,13 +49,14 @@ def _enlarge(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def synthetic_segmenter(
-    model: GroupViT, background: str, bg_thresh: float, size: int
+    model: GroupViT, background: str, bg_thresh: float, size: int, refine: str | None = None
 ) -> tuple[Segmenter, np.ndarray]:
     """Segmenter of the synthetic vocabulary for one background rule, and its label -> ``THING_CLASSES`` table.
 
     ``background="threshold"``: the shapes with the official background threshold (the table is the
     identity). ``"names"``: the shapes and the background textures as classes, textures mapped to 0.
-    Returns ``(Segmenter, uint8 [num_labels] table)``; whole-image mode at short side ``size``.
+    Returns ``(Segmenter, uint8 [num_labels] table)``; whole-image mode at short side ``size``, masks refined
+    by ``refine`` (:mod:`groupvit.segment.refine`).
     """
     from groupvit.data.synthetic import BACKGROUNDS, SHAPES, THING_CLASSES
     from groupvit.segment import Segmenter
@@ -61,7 +64,7 @@ def synthetic_segmenter(
     by_name = background == "names"
     vocabulary = (*SHAPES, *BACKGROUNDS) if by_name else SHAPES
     segmenter = Segmenter(model, vocabulary, background=not by_name, bg_thresh=bg_thresh, mode="whole",
-                          short_side=size, window=size, stride=size)
+                          short_side=size, window=size, stride=size, refine=refine)
     table = [1 + i for i in range(len(SHAPES))] + [0] * len(BACKGROUNDS) if by_name else range(len(THING_CLASSES))
     return segmenter, np.array(table, dtype=np.uint8)
 
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     size = model.config.vision.image_size
     bg_thresh = DEFAULT_BG_THRESH if args.bg_thresh is None else args.bg_thresh
     by_name = args.background == "names"
-    segmenter, to_things = synthetic_segmenter(model, args.background, bg_thresh, size)
+    segmenter, to_things = synthetic_segmenter(model, args.background, bg_thresh, size, args.refine)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rule = f"background textures named: {', '.join(BACKGROUNDS)}" if by_name else f"threshold {bg_thresh}"

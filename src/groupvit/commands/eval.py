@@ -9,6 +9,9 @@ automatically when that file exists and ``--dataset`` is not given. Classificati
 Prints a per-class table and a summary; ``--out`` writes everything as JSON (atomically).
 Missing image or label files stop the run with the first one named, unless ``--skip-missing``
 (then they are counted in the JSON under ``skipped``).
+
+Under ``torchrun --nproc-per-node N groupvit eval ...`` each process evaluates a slice of the images and
+the counts are summed, so the numbers equal those of one process; rank 0 prints and writes the JSON.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from groupvit.commands.segment import add_model_arguments, load_model, warn_if_out_of_domain, window_settings
 from groupvit.errors import InputError
 from groupvit.pretrained import DEFAULT_OFFICIAL
+
+if TYPE_CHECKING:
+    from groupvit.train.distributed import DistEnv
 
 HELP = "zero-shot evaluation: segmentation mIoU (VOC, Context, COCO-Object, VOC layout) or classification accuracy"
 
@@ -62,6 +69,17 @@ def _segmentation_dataset(args: argparse.Namespace, name: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from groupvit.parallel import join
+    from groupvit.train.distributed import shutdown
+
+    env = join(args.device)
+    try:
+        return _run(args, env)
+    finally:
+        shutdown()
+
+
+def _run(args: argparse.Namespace, env: DistEnv) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be positive, got {args.limit}")
     if args.batch_size < 1:
@@ -82,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         from groupvit.evaluate.classification import evaluate_classification
 
         dataset = imagenet_folder(root, args.names_file)
-        model = load_model(args.weights, args.device)
+        model = load_model(args.weights, args.device, env)
         settings = {"templates": args.templates or "subset", "resize": 256, "crop": 224}
         report = evaluate_classification(model, dataset, templates=settings["templates"],
                                          batch_size=args.batch_size, limit=args.limit, progress=progress)
@@ -96,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"groupvit eval: skipping {len(skipped)} samples with missing files (first: {skipped[0][1]})",
                   file=sys.stderr)
         warn_if_out_of_domain(args.weights, list(dataset.class_names), args.short_side)
-        model = load_model(args.weights, args.device)
+        model = load_model(args.weights, args.device, env)
         bg_thresh = dataset.bg_thresh if args.bg_thresh is None else args.bg_thresh
         segmenter = Segmenter(model, dataset.class_names, background=dataset.background, bg_thresh=bg_thresh,
                               templates=args.templates or "simple", mode=args.mode, batch_size=args.batch_size,
@@ -105,9 +123,12 @@ def run(args: argparse.Namespace) -> int:
             "mode": segmenter.mode, "bg_thresh": segmenter.bg_thresh, "background": segmenter.background,
             "templates": args.templates or "simple", "short_side": segmenter.short_side,
             "window": segmenter.window, "stride": segmenter.stride, "top_k": segmenter.top_k,
+            "refine": args.refine,
         }
         report = evaluate_segmentation(segmenter, dataset, limit=args.limit, progress=progress,
                                        group_oracle=args.group_oracle)
+    if not env.is_main:
+        return 0
     print(report.table())
     if args.out:
         from groupvit.fileio import atomic_path

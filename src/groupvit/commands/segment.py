@@ -8,8 +8,19 @@ For every image ``<stem>.<ext>`` it writes into ``--out`` (default: the current 
 * ``<stem>_groups.png``: the group map of each grouping stage (unless ``--no-groups``).
 
 When two inputs share a stem the extension is kept in the name (``x_jpg_labels.png``). A folder
-argument stands for the images directly inside it (by extension). A run of two or more images shows one
-progress bar; per-image lines and skip messages are written through it.
+argument stands for the images directly inside it (by extension); a ``.tar`` argument (brace patterns
+expanded) for the images of webdataset shards, written under their keys. A run of two or more images
+shows one progress bar; per-image lines and skip messages are written through it. Each file is written
+atomically, the label map last.
+
+Bulk runs: ``--skip-existing`` leaves out inputs whose outputs all exist, so a killed run restarts where
+it stopped without rewriting anything. It also records the run in ``--out``: ``segment-settings.json``
+(weights, classes and options; a later ``--skip-existing`` run with other settings is refused, since
+outputs made with other classes or thresholds carry the same names) and ``manifest.jsonl`` (one line per
+input and run: written, skipped or failed). It is off by default, and then nothing but the images'
+outputs is written. Under ``torchrun
+--nproc-per-node N groupvit segment ...`` each process takes a slice of the inputs (the same slices on
+every run), rank 0 shows one bar counting all of them, and the exit status is that of the whole run.
 
 Exit status: 0 when every image was segmented; 1 when some image could not be read or processed
 (each is reported on stderr and skipped, the others are written); 2 on bad arguments (missing path,
@@ -19,30 +30,34 @@ empty class list, missing or unreadable weights), with one line on stderr.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-from collections import Counter
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from groupvit.data.benchmarks import BG_THRESH, COCO_OBJECT_CLASSES, CONTEXT_CLASSES, VOC_CLASSES
-from groupvit.data.images import list_images, read_image
 from groupvit.errors import InputError
 from groupvit.text.templates import TEMPLATES
 
 if TYPE_CHECKING:
     from groupvit.segment.segmenter import SegmentationResult
+    from groupvit.train.distributed import DistEnv
 
+SETTINGS_FILE = "segment-settings.json"
+MANIFEST_FILE = "manifest.jsonl"
 HELP = "zero-shot segmentation of images into named classes: label PNG, overlay with names, group maps"
 
 PRESET_VOCABULARIES = {"voc": VOC_CLASSES, "context": CONTEXT_CLASSES, "coco-object": COCO_OBJECT_CLASSES}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files, folders of images, or webdataset shards ('data-{000000..000009}.tar')")
     parser.add_argument(
         "--classes", help="comma-separated class names ('cat,dog,grass'), or a text file with one name per line"
     )
@@ -56,12 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bg-thresh", type=float, default=None,
                         help="background threshold (default 0.95, or the --dataset one)")
     parser.add_argument("--no-groups", action="store_true", help="do not write <stem>_groups.png")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave out inputs whose outputs all exist (restart a killed run; the settings must "
+                             "match those recorded in OUT/segment-settings.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
 
 
-def window_settings(args: argparse.Namespace) -> dict[str, int]:
-    """The resize and sliding-window options as :class:`~groupvit.Segmenter` keywords."""
-    return {"short_side": args.short_side, "window": args.window, "stride": args.stride}
+def window_settings(args: argparse.Namespace) -> dict[str, int | str | None]:
+    """The resize, sliding-window and refinement options as :class:`~groupvit.Segmenter` keywords."""
+    return {"short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,20 +101,43 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4,
                         help="crops (segmentation) or images (classification) per forward pass (default 4)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_refine_argument(parser)
 
 
-def load_model(weights: str | None, device: str | None) -> torch.nn.Module:
-    """The model of ``--weights`` (default: the official ``gcc-yfcc``); raises InputError / WeightsError."""
+def add_refine_argument(parser: argparse.ArgumentParser) -> None:
+    """``--refine none|superpixel|pamr`` (shared with ``groupvit demo``)."""
+    from groupvit.segment.refine import REFINE_METHODS
+
+    parser.add_argument("--refine", choices=REFINE_METHODS, default="none",
+                        help="snap the masks to colour edges: pamr (local colour affinities), superpixel (SLIC, "
+                             "needs scikit-image) or none (official; default)")
+
+
+def load_model(weights: str | None, device: str | None, env: DistEnv | None = None) -> torch.nn.Module:
+    """The model of ``--weights`` (default: the official ``gcc-yfcc``); raises InputError / WeightsError.
+
+    Under torchrun (``env`` of several ranks) each rank uses its own device, and rank 0 loads first so that
+    a named model is downloaded once.
+    """
     from groupvit.pretrained import DEFAULT_OFFICIAL
+    from groupvit.train.distributed import barrier
     from groupvit.weights import load_pretrained
 
-    try:
-        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as err:
-        raise InputError(f"invalid --device {device!r}: {err}") from None
+    if env is not None and env.world_size > 1:
+        target = env.device
+    else:
+        try:
+            target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as err:
+            raise InputError(f"invalid --device {device!r}: {err}") from None
     if target.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
-    return load_pretrained(weights or DEFAULT_OFFICIAL, device=target)
+    if env is not None and not env.is_main:
+        barrier()
+    model = load_pretrained(weights or DEFAULT_OFFICIAL, device=target)
+    if env is not None and env.is_main:
+        barrier()
+    return model
 
 
 def warn_if_out_of_domain(weights: str | None, names: list[str], short_side: int) -> None:
@@ -122,47 +163,90 @@ def _read_classes(value: str) -> list[str]:
     return value.split(",")
 
 
-def collect_inputs(arguments: list[str]) -> list[Path]:
-    """Image paths named by the arguments (folders expanded to the images directly inside them)."""
-    paths: list[Path] = []
-    for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            images = list_images(path)
-            if not images:
-                raise InputError(f"folder {path} holds no image files")
-            paths.extend(images)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise InputError(f"no such image file or folder: {path}")
-    return paths
+def output_paths(out: Path, stem: str, groups: bool) -> list[Path]:
+    """The files written for one input: labels, overlay, and the group maps unless ``groups`` is False."""
+    names = ["labels", "overlay", "groups"] if groups else ["labels", "overlay"]
+    return [out / f"{stem}_{name}.png" for name in names]
 
 
-def output_stems(paths: list[Path]) -> list[str]:
-    """Output name stem per input: the file stem, with the extension added where stems collide."""
-    stems = Counter(p.stem for p in paths)
-    names = [p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in paths]
-    repeated = [n for n, c in Counter(names).items() if c > 1]
-    if repeated:
-        raise InputError(f"two inputs would both be written as {repeated[0]}_*.png; segment them in separate runs")
-    return names
+def _write_outputs(result: SegmentationResult, image: np.ndarray, paths: list[Path]) -> list[Path]:
+    """Write the files of :func:`output_paths` (group maps only when the model has grouping stages).
 
-
-def _write_outputs(result: SegmentationResult, image: np.ndarray, stem: str, out: Path, groups: bool) -> list[Path]:
+    The label map is written last, so an image whose ``_labels.png`` exists has all its outputs.
+    """
     from groupvit.segment.visualize import group_maps_image, label_image, overlay, save_png
 
-    written = [out / f"{stem}_labels.png", out / f"{stem}_overlay.png"]
-    save_png(label_image(result.labels), written[0])
     background = result.label_names[0] == "background"
-    save_png(overlay(image, result.labels, result.label_names, background=background), written[1])
-    if groups and result.group_maps:
-        written.append(out / f"{stem}_groups.png")
-        save_png(group_maps_image(image, result.group_maps), written[2])
-    return written
+    save_png(overlay(image, result.labels, result.label_names, background=background), paths[1])
+    written = paths[1:2]
+    if len(paths) > 2 and result.group_maps:
+        save_png(group_maps_image(image, result.group_maps), paths[2])
+        written.append(paths[2])
+    save_png(label_image(result.labels), paths[0])
+    return [paths[0], *written]
+
+
+def record_settings(out: Path, settings: dict) -> None:
+    """Record the run's settings in ``out/segment-settings.json``; settings recorded before must match.
+
+    Finished outputs are only kept when they were made with the same weights, classes and options.
+    """
+    from groupvit.fileio import atomic_path
+
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read {path}: {err}; remove it or run without --skip-existing") from None
+        if before != settings:
+            changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+            raise InputError(f"--skip-existing: {out} was written with other settings ({', '.join(changed)}); "
+                             "use another --out, or run without --skip-existing to overwrite")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+
+
+class Manifest:
+    """``out/manifest.jsonl``: one JSON line per input and run (``written``, ``skipped`` or ``failed``).
+
+    Every rank appends whole lines with one write to a file opened in append mode, so lines of several
+    ranks never interleave. With ``path=None`` nothing is recorded.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666) if path is not None else None
+
+    def add(self, name: str, status: str, outputs: list[Path] | None = None, error: str | None = None) -> None:
+        if self.fd is None:
+            return
+        entry = {"input": name, "status": status}
+        if outputs is not None:
+            entry["outputs"] = [p.name for p in outputs]
+        if error is not None:
+            entry["error"] = error
+        os.write(self.fd, (json.dumps(entry) + "\n").encode())
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def run(args: argparse.Namespace) -> int:
+    from groupvit.parallel import join
+    from groupvit.train.distributed import shutdown
+
+    env = join(args.device)
+    try:
+        return _run(args, env)
+    finally:
+        shutdown()
+
+
+def _run(args: argparse.Namespace, env: DistEnv) -> int:
+    from groupvit.parallel import GlobalProgress, my_slice, num_rounds, sum_counts
+    from groupvit.pretrained import DEFAULT_OFFICIAL
+    from groupvit.segment.inputs import InputReader, collect_inputs
     from groupvit.segment.segmenter import Segmenter, normalize_class_names
 
     if args.classes is None and args.dataset is None:
@@ -177,58 +261,91 @@ def run(args: argparse.Namespace) -> int:
         bg_thresh = 0.95 if args.bg_thresh is None else args.bg_thresh
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
-    paths = collect_inputs(args.images)
-    stems = output_stems(paths)
+    inputs = collect_inputs(args.images)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(f"cannot create output folder {out}: {err.strerror or err}") from None
 
+    settings = {
+        "weights": args.weights or DEFAULT_OFFICIAL, "classes": names, "background": not args.no_background,
+        "bg_thresh": bg_thresh, "templates": args.templates or "simple", "mode": args.mode,
+        "short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine,
+        "groups": not args.no_groups,
+    }
+    if args.skip_existing and env.is_main:
+        try:
+            record_settings(out, settings)
+        except OSError as err:
+            raise InputError(f"cannot write to {out}: {err.strerror or err}") from None
+
     warn_if_out_of_domain(args.weights, names, args.short_side)
-    model = load_model(args.weights, args.device)
+    model = load_model(args.weights, args.device, env)
     segmenter = Segmenter(
         model, names, background=not args.no_background, bg_thresh=bg_thresh, templates=args.templates or "simple",
         mode=args.mode, batch_size=args.batch_size, **window_settings(args),
     )
-    failures = 0
-
-    def fail(path: Path, err: Exception) -> None:
-        nonlocal failures
-        failures += 1
-        tqdm.write(f"groupvit segment: skipped {path}: {err}", file=sys.stderr)
-
-    bar = tqdm(total=len(paths), unit="img", desc="segment", disable=args.quiet or len(paths) < 2)
     groups = not args.no_groups
-    for start in range(0, len(paths), args.batch_size):
-        chunk = []
-        for path, stem in zip(paths[start:start + args.batch_size], stems[start:start + args.batch_size], strict=True):
-            try:
-                chunk.append((path, stem, read_image(path)))
-            except InputError as err:
-                fail(path, err)
-                bar.update(1)
-        try:
-            done = list(zip(chunk, segmenter([image for _, _, image in chunk], groups=groups), strict=True))
-        except InputError:
-            # One image of the batch is at fault (e.g. too elongated): segment them one by one.
-            done = []
-            for item in chunk:
+    manifest, reader = Manifest(out / MANIFEST_FILE if args.skip_existing else None), InputReader()
+    verbose = not args.quiet
+    bar = GlobalProgress(len(inputs), "segment", disable=args.quiet or len(inputs) < 2)
+    counts = np.zeros(3, dtype=np.int64)  # written, skipped, failed
+
+    def fail(name: str, err: Exception) -> None:
+        counts[2] += 1
+        manifest.add(name, "failed", error=str(err))
+        bar.write(f"groupvit segment: skipped {name}: {err}", file=sys.stderr)
+
+    start = time.perf_counter()
+    mine, per_round = my_slice(inputs), args.batch_size
+    try:
+        for first in range(0, num_rounds(len(inputs), per_round) * per_round, per_round):
+            part = mine[first:first + per_round]
+            chunk = []
+            for item in part:
+                paths = output_paths(out, item.stem, groups)
+                if args.skip_existing and paths[0].is_file():
+                    counts[1] += 1
+                    manifest.add(item.name, "skipped", [p for p in paths if p.is_file()])
+                    continue
                 try:
-                    done.append((item, segmenter(item[2], groups=groups)))
+                    chunk.append((item, paths, reader.read(item)))
                 except InputError as err:
-                    fail(item[0], err)
-                    bar.update(1)
-        for (path, stem, image), result in done:
+                    fail(item.name, err)
             try:
-                written = _write_outputs(result, image, stem, out, groups)
-            except OSError as err:
-                raise InputError(f"cannot write to {out}: {err.strerror or err}") from None
-            if not args.quiet:
-                tqdm.write(f"{path} -> {', '.join(str(p) for p in written)}")
-            bar.update(1)
-    bar.close()
+                done = list(zip(chunk, segmenter([image for _, _, image in chunk], groups=groups), strict=True))
+            except InputError:
+                # One image of the batch is at fault (e.g. too elongated): segment them one by one.
+                done = []
+                for entry in chunk:
+                    try:
+                        done.append((entry, segmenter(entry[2], groups=groups)))
+                    except InputError as err:
+                        fail(entry[0].name, err)
+            for (item, paths, image), result in done:
+                try:
+                    written = _write_outputs(result, image, paths)
+                except OSError as err:
+                    raise InputError(f"cannot write to {out}: {err.strerror or err}") from None
+                counts[0] += 1
+                manifest.add(item.name, "written", written)
+                if verbose:
+                    bar.write(f"{item.name} -> {', '.join(str(p) for p in written)}")
+            bar.advance(len(part))
+    finally:
+        bar.close()
+        manifest.close()
+        reader.close()
+    seconds = time.perf_counter() - start
+    written, skipped, failures = (int(c) for c in sum_counts(counts))
+    if env.is_main and verbose:
+        rate = written / seconds if seconds > 0 else float("nan")
+        print(f"groupvit segment: {written} written, {skipped} skipped (already done), {failures} failed; "
+              f"{rate:.2f} images/s over {env.world_size} process{'es' if env.world_size > 1 else ''}",
+              file=sys.stderr)
     if failures:
-        print(f"groupvit segment: {failures} of {len(paths)} images failed", file=sys.stderr)
+        if env.is_main:
+            print(f"groupvit segment: {failures} of {len(inputs)} images failed", file=sys.stderr)
         return 1
     return 0

@@ -232,6 +232,13 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
     return (image.float() - mean) / std
 
 
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalize`: normalised ``[3, H, W]`` or ``[B, 3, H, W]`` -> float32 on the 0-255 scale."""
+    mean = torch.tensor(IMAGENET_MEAN_255, device=image.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD_255, device=image.device).view(3, 1, 1)
+    return image.float() * std + mean
+
+
 def prepare_segmentation_input(
     image: np.ndarray, short_side: int = 448, max_long_side: int = 2048
 ) -> torch.Tensor:
@@ -255,7 +262,7 @@ def is_image_path(path: Path) -> bool:
 
 
 __all__ = [
-    "IMAGENET_MEAN_255", "IMAGENET_STD_255", "IMAGE_EXTENSIONS", "bilinear_taps", "is_image_path", "list_images",
-    "normalize", "prepare_segmentation_input", "read_image", "read_label_map", "rescale_size", "resize_bilinear",
-    "resize_rows",
+    "IMAGENET_MEAN_255", "IMAGENET_STD_255", "IMAGE_EXTENSIONS", "bilinear_taps", "denormalize", "is_image_path",
+    "list_images", "normalize", "prepare_segmentation_input", "read_image", "read_label_map", "rescale_size",
+    "resize_bilinear", "resize_rows",
 ]

@@ -13,10 +13,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from groupvit.data.benchmarks import ClassificationDataset
 from groupvit.data.images import read_image
@@ -71,6 +71,8 @@ def evaluate_classification(
         batch_size: images per forward.
         limit: evaluate only the first ``limit`` images (folder order: classes sorted).
         progress: show a tqdm bar on stderr.
+
+    Under ``torchrun`` each rank classifies its slice of the images and the counts are summed over ranks.
     """
     start = time.perf_counter()
     device, dtype = model_device_dtype(model)
@@ -78,20 +80,22 @@ def evaluate_classification(
     samples = dataset.samples[:limit] if limit is not None else dataset.samples
     k = min(5, len(dataset.class_names))
     transform = EvalTransform(image_size=224)
-    correct1 = correct5 = 0
-    bar = tqdm(total=len(samples), desc="eval classification", unit="img", disable=not progress)
+    from groupvit.parallel import GlobalProgress, my_slice, num_rounds, sum_counts
+
+    correct = np.zeros(2, dtype=np.int64)  # top-1, top-k
+    mine = my_slice(samples)
+    bar = GlobalProgress(len(samples), "eval classification", disable=not progress)
     with torch.inference_mode(), eval_mode(model):
-        for first in range(0, len(samples), batch_size):
-            batch = samples[first:first + batch_size]
-            images = torch.stack([transform(Image.fromarray(read_image(path))) for path, _ in batch])
-            targets = torch.tensor([label for _, label in batch], device=device)
-            embeds = model.encode_image(images.to(device, dtype), normalize=True).float()
-            logits = embeds @ classes.t()
-            correct1 += topk_correct(logits, targets, 1)
-            correct5 += topk_correct(logits, targets, k)
-            bar.update(len(batch))
-            bar.set_postfix(top1=f"{100 * correct1 / (first + len(batch)):.2f}")
+        for first in range(0, num_rounds(len(samples), batch_size) * batch_size, batch_size):
+            batch = mine[first:first + batch_size]
+            if batch:
+                images = torch.stack([transform(Image.fromarray(read_image(path))) for path, _ in batch])
+                targets = torch.tensor([label for _, label in batch], device=device)
+                logits = model.encode_image(images.to(device, dtype), normalize=True).float() @ classes.t()
+                correct += [topk_correct(logits, targets, 1), topk_correct(logits, targets, k)]
+            bar.advance(len(batch))
     bar.close()
+    correct1, correct5 = (int(c) for c in sum_counts(correct))
     count = len(samples)
     return ClassificationReport(
         top1=correct1 / count if count else math.nan, top5=correct5 / count if count else math.nan, k=k,

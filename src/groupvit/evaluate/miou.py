@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from groupvit.data.benchmarks import SegmentationDataset
 from groupvit.data.images import read_label_map
@@ -77,6 +76,13 @@ class IoUAccumulator:
         self.pred_area += pred_area
         self.label_area += label_area
         self.union += pred_area + label_area - intersection
+
+    def merge_ranks(self) -> None:
+        """Sum the areas of every rank into each one (exact integers; nothing to do in a single process)."""
+        from groupvit.parallel import sum_counts
+
+        areas = sum_counts(np.stack([self.intersection, self.union, self.pred_area, self.label_area]))
+        self.intersection, self.union, self.pred_area, self.label_area = areas
 
     def compute(self) -> MIoUResult:
         """Metrics over everything added so far."""
@@ -190,31 +196,44 @@ def evaluate_segmentation(
         progress: show a tqdm bar on stderr.
         group_oracle: also score :func:`group_oracle_labels` of the final group map (resized to the label
             map by nearest neighbour): how well the groups follow objects, independently of naming.
+
+    Under ``torchrun`` each rank segments its slice of the samples (:mod:`groupvit.parallel`) and the areas
+    are summed over ranks: every rank returns the report of the whole dataset, equal to one process's.
     """
     if segmenter.num_labels != len(dataset.label_names) or segmenter.background != dataset.background:
         raise InputError(
             f"segmenter has {segmenter.num_labels} labels (background={segmenter.background}) but the dataset has "
             f"{len(dataset.label_names)} (background={dataset.background})"
         )
+    from groupvit.parallel import GlobalProgress, my_slice, num_rounds, world
+
     samples = dataset.samples[:limit] if limit is not None else dataset.samples
     accumulator = IoUAccumulator(len(dataset.label_names), dataset.ignore_index)
-    start = time.perf_counter()
     oracle = IoUAccumulator(len(dataset.label_names), dataset.ignore_index) if group_oracle else None
-    results = segmenter.iter_segment((sample.image for sample in samples), groups=group_oracle)
-    bar = tqdm(zip(samples, results, strict=True), total=len(samples), desc=f"eval {dataset.name}", unit="img",
-               disable=not progress)
-    for sample, result in bar:
-        label = read_label_map(sample.label)
-        if label.shape != result.labels.shape:
-            raise InputError(
-                f"image {sample.image} is {result.labels.shape[0]}x{result.labels.shape[1]} but its label map "
-                f"{sample.label} is {label.shape[0]}x{label.shape[1]}"
-            )
-        accumulator.update(result.labels, label)
-        if oracle is not None and result.group_maps:
-            oracle.update(group_oracle_labels(resize_nearest(result.group_maps[-1], label.shape), label,
-                                              dataset.ignore_index), label)
-        bar.set_postfix(mIoU=_fmt(accumulator.compute().miou))
+    start = time.perf_counter()
+    mine, per_round = my_slice(samples), segmenter.batch_size
+    bar = GlobalProgress(len(samples), f"eval {dataset.name}", disable=not progress)
+    for first in range(0, num_rounds(len(samples), per_round) * per_round, per_round):
+        part = mine[first:first + per_round]
+        results = segmenter([sample.image for sample in part], groups=group_oracle) if part else []
+        for sample, result in zip(part, results, strict=True):
+            label = read_label_map(sample.label)
+            if label.shape != result.labels.shape:
+                raise InputError(
+                    f"image {sample.image} is {result.labels.shape[0]}x{result.labels.shape[1]} but its label map "
+                    f"{sample.label} is {label.shape[0]}x{label.shape[1]}"
+                )
+            accumulator.update(result.labels, label)
+            if oracle is not None and result.group_maps:
+                oracle.update(group_oracle_labels(resize_nearest(result.group_maps[-1], label.shape), label,
+                                                  dataset.ignore_index), label)
+        bar.advance(len(part))
+        if world() == 1:
+            bar.bar.set_postfix(mIoU=_fmt(accumulator.compute().miou))
+    bar.close()
+    accumulator.merge_ranks()
+    if oracle is not None:
+        oracle.merge_ranks()
     return SegmentationReport(accumulator.compute(), dataset.label_names, len(samples), time.perf_counter() - start,
                               oracle.compute() if oracle is not None else None)
 

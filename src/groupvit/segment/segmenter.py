@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from groupvit.data.images import ImageSource, bilinear_taps, prepare_segmentation_input, read_image
+from groupvit.data.images import ImageSource, bilinear_taps, denormalize, prepare_segmentation_input, read_image
 from groupvit.errors import InputError
+from groupvit.segment.refine import check_refine, refine_scores
 from groupvit.segment.sliding import WindowMerger, upsample_argmax, window_grid
 from groupvit.text.templates import get_templates
 from groupvit.text.tokenizer import tokenize
@@ -206,8 +207,8 @@ class SegmentationResult:
             labels, else int32). With background, 0 is background and class ``i`` of the vocabulary
             is ``i + 1``; without, class ``i`` is ``i``.
         scores: ``float32 [C, h, w]`` per-pixel scores (``C`` = number of labels) at the resolution the
-            model saw (short side ``short_side``), averaged over the sliding windows; ``labels`` is
-            the argmax of their bilinear resize to ``(H, W)``.
+            model saw (short side ``short_side``), averaged over the sliding windows (then refined, if
+            asked); ``labels`` is the argmax of their bilinear resize to ``(H, W)``.
         group_maps: per grouping stage, ``int32 [h, w]`` id of the group each pixel is assigned to
             (argmax of the chained, upsampled soft maps), ids ``< S`` for a stage of ``S`` groups. In
             sliding mode they come from one extra pass over the whole pre-processed image (the groups
@@ -249,6 +250,8 @@ class Segmenter:
         stride: crop step in pixels (slide mode), at most ``window``.
         top_k: classes kept from the image-level prediction (official 5).
         batch_size: crops per forward, and images prepared together by :meth:`iter_segment`.
+        refine: ``None`` (official), ``'pamr'`` or ``'superpixel'``: the merged scores are snapped to the
+            colour edges of the pre-processed image before the arg-max (:mod:`groupvit.segment.refine`).
     """
 
     def __init__(
@@ -265,6 +268,7 @@ class Segmenter:
         top_k: int = 5,
         max_long_side: int = 2048,
         batch_size: int = 4,
+        refine: str | None = None,
     ) -> None:
         self.class_names = normalize_class_names(class_names)
         if background and any(name.lower() == BACKGROUND for name in self.class_names):
@@ -281,6 +285,7 @@ class Segmenter:
             if int(value) < 1:
                 raise InputError(f"{name} must be a positive integer, got {value}")
         window_grid(window, window, window, stride)  # validates window and stride
+        self.refine = check_refine(refine)
         self.model = model
         self.background = bool(background)
         self.bg_thresh = float(bg_thresh)
@@ -400,8 +405,8 @@ class Segmenter:
                 # Window groups are unrelated to each other; the maps come from one pass over the image.
                 group_maps = [self.whole_image_group_maps(x) for x, _ in prepared]
             results = []
-            for (_, original), merger, maps in zip(prepared, mergers, group_maps, strict=True):
-                scores = merger.mean_scores()
+            for (x, original), merger, maps in zip(prepared, mergers, group_maps, strict=True):
+                scores = refine_scores(self.refine, denormalize(x), merger.mean_scores())
                 results.append(SegmentationResult(
                     labels=upsample_argmax(scores, original),
                     scores=scores.cpu(),

@@ -42,7 +42,8 @@ class DistEnv:
         return self.rank == 0
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """Integer environment variable ``name`` (as torchrun sets them), ``default`` when unset or empty."""
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -73,10 +74,10 @@ def init_distributed(device: str = "auto") -> DistEnv:
     """
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-        local_rank = _env_int("LOCAL_RANK", rank)
+        local_rank = env_int("LOCAL_RANK", rank)
         backend = str(dist.get_backend())
     else:
-        rank, world, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
+        rank, world, local_rank = env_int("RANK", 0), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK", 0)
         backend = None
     target = resolve_device(device, local_rank)
     if target.type == "cuda":
