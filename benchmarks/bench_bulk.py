@@ -1,5 +1,7 @@
 """Bulk segmentation throughput: ``groupvit segment`` on 1 and 2 processes (one thread each) under torchrun.
 
+Beside them, one process with 2 threads (torchrun with ``OMP_NUM_THREADS=2``): what threads alone give.
+
 Run from the repository root (prints a Markdown table for BENCHMARKS.md)::
 
     PYTHONPATH=src python benchmarks/bench_bulk.py [--images 24] [--repeats 2]
@@ -33,12 +35,12 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 SCRIPT = Path(sys.executable).parent / "groupvit"
 
 
-def run_once(nproc: int, folder: Path, weights: Path, out: Path) -> float:
-    """Images/s of one torchrun launch of ``groupvit segment`` with ``nproc`` processes."""
+def run_once(nproc: int, threads: int, folder: Path, weights: Path, out: Path) -> float:
+    """Images/s of one torchrun launch of ``groupvit segment`` with ``nproc`` processes of ``threads`` threads."""
     command = [str(TORCHRUN), "--standalone", f"--nproc-per-node={nproc}", str(SCRIPT), "segment", str(folder),
-               "--classes", ",".join(VOC_CLASSES[1:]), "--weights", str(weights), "--no-groups", "--quiet",
+               "--classes", ",".join(VOC_CLASSES[1:]), "--weights", str(weights), "--no-groups",
                "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     match = re.search(r"([0-9.]+) images/s", proc.stderr)
     if match is None:
@@ -59,19 +61,22 @@ def main() -> None:
         for i in range(args.images):
             Image.fromarray(generator.sample(i).image).save(folder / f"scene{i:03d}.png")
         weights = groupvit.save_checkpoint(groupvit.create_model("gcc-yfcc"), root / "gcc-yfcc-random.pt")
-        rates: dict[int, list[float]] = {1: [], 2: []}
+        layouts = [(1, 1), (2, 1), (1, 2)]  # (processes, threads each)
+        rates: dict[tuple[int, int], list[float]] = {layout: [] for layout in layouts}
         for repeat in range(args.repeats):
-            for nproc in (1, 2) if repeat % 2 == 0 else (2, 1):
-                rates[nproc].append(run_once(nproc, folder, weights, root / f"out{nproc}-{repeat}"))
+            for nproc, threads in layouts if repeat % 2 == 0 else layouts[::-1]:
+                out = root / f"out{nproc}x{threads}-{repeat}"
+                rates[nproc, threads].append(run_once(nproc, threads, folder, weights, out))
     flags = sorted(machine.cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_tile"})
     print(f"CPU: {machine.cpu_model()}, {machine.usable_cores()} usable cores, flags {' '.join(flags)}; "
           f"{args.images} images of 448 x 448, {args.repeats} runs each")
-    print("| processes (1 thread each) | images/s (median) | runs | speed-up |")
+    print("| processes x threads | images/s (median) | runs | vs 1 x 1 |")
     print("|---|---|---|---|")
-    base = statistics.median(rates[1])
-    for nproc, values in rates.items():
+    base = statistics.median(rates[1, 1])
+    for (nproc, threads), values in rates.items():
         median = statistics.median(values)
-        print(f"| {nproc} | {median:.2f} | {', '.join(f'{v:.2f}' for v in values)} | {median / base:.2f}x |")
+        print(f"| {nproc} x {threads} | {median:.2f} | {', '.join(f'{v:.2f}' for v in values)} | "
+              f"{median / base:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ For each grouping stage: the groups used per image (distinct arg-max groups of t
 mean entropy of the soft assignment (``ln S`` is uniform, i.e. no grouping at all) and how alike the
 assignment queries of the groups are (mean pairwise cosine, share of pairs above 0.95: near-copies);
 then the group oracle (each final group given its best label, patch-level maps) over background +
-shapes. Usage::
+shapes, and how well the object groups are named: for each final group whose pixels are mostly one shape,
+whether its embedding's best shape prompt (``a photo of a {shape}.``) is that shape (chance 1 in 6).
+Usage::
 
     python scripts/grouping_stats.py output/synthetic/latest.pt --num 64 --seed 11
 """
@@ -22,7 +24,7 @@ import groupvit
 from groupvit.data.images import normalize
 from groupvit.data.synthetic import THING_CLASSES, SceneGenerator
 from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
-from groupvit.segment.segmenter import chain_assignments
+from groupvit.segment.segmenter import chain_assignments, encode_class_names
 
 
 def main() -> None:
@@ -59,9 +61,16 @@ def main() -> None:
     oracle = IoUAccumulator(len(THING_CLASSES))
     maps = chain.transpose(1, 2).reshape(len(scenes), -1, *grid)
     groups = F.interpolate(maps, size=(size, size), mode="nearest").argmax(dim=1).numpy()
-    for scene, group_map in zip(scenes, groups, strict=True):
+    best_shape = (encoding.group_embeds.float() @ encode_class_names(model, THING_CLASSES[1:]).t()).argmax(dim=-1)
+    named = []
+    for scene, group_map, best in zip(scenes, groups, best_shape, strict=True):
         oracle.update(group_oracle_labels(group_map, scene.labels), scene.labels)
+        for group in np.unique(group_map):
+            majority = np.bincount(scene.labels[group_map == group], minlength=len(THING_CLASSES)).argmax()
+            if majority > 0:
+                named.append(int(best[group]) + 1 == majority)
     print(f"group oracle (patch-level final groups): mIoU {100 * oracle.compute().miou:.1f} ({args.num} scenes)")
+    print(f"object groups named right: {100 * np.mean(named):.1f} % of {len(named)} (chance 16.7 %)")
 
 
 if __name__ == "__main__":

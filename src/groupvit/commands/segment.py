@@ -339,7 +339,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         reader.close()
     seconds = time.perf_counter() - start
     written, skipped, failures = (int(c) for c in sum_counts(counts))
-    if env.is_main and verbose:
+    if env.is_main and verbose and len(inputs) > 1:
         rate = written / seconds if seconds > 0 else float("nan")
         print(f"groupvit segment: {written} written, {skipped} skipped (already done), {failures} failed; "
               f"{rate:.2f} images/s over {env.world_size} process{'es' if env.world_size > 1 else ''}",

@@ -103,7 +103,9 @@ def pamr(
     out = scores.float()
     for _ in range(iterations):
         padded = F.pad(out, (pad, pad, pad, pad), mode="replicate")
-        out = sum(weights[:, k:k + 1] * _shifted(padded, pad, o, size) for k, o in enumerate(offsets))
+        out = torch.zeros_like(out)
+        for k, offset in enumerate(offsets):
+            out.addcmul_(weights[:, k:k + 1], _shifted(padded, pad, offset, size))
     return out.to(scores.dtype)
 
 
