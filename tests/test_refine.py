@@ -134,3 +134,22 @@ def test_ignored_pixels_have_no_boundary_and_dilation_by_hand():
     assert dilate(mask, 1).sum() == 9 and dilate(mask, 2).sum() == 25
     with pytest.raises(InputError, match="non-negative"):
         dilate(mask, -1)
+
+
+def test_refine_option_of_the_commands(tmp_path, capsys):
+    from groupvit.cli import main as cli_main
+    from groupvit.data.synthetic import SHAPES
+
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--refine", "pamr", "--num", "2", "--show", "0", "--seed", "5", "--out", str(out)]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    image = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.fromarray(two_colour_image(edge=20, size=64)).save(image)
+    for refine in ("none", "superpixel"):
+        assert cli_main(["segment", str(image), "--classes", ",".join(SHAPES), "--weights", "synthetic-small",
+                         "--mode", "whole", "--short-side", "64", "--refine", refine, "--out",
+                         str(tmp_path / refine), "--quiet"]) == 0
+    assert cli_main(["segment", str(image), "--classes", "circle", "--refine", "crf"]) == 2
+    assert "invalid choice: 'crf'" in capsys.readouterr().err

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "shards": "groupvit.commands.shards",
     "train": "groupvit.commands.train",
     "weights": "groupvit.commands.weights",
+    "app": "groupvit.commands.app",
 }
 
 

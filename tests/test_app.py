@@ -1,0 +1,166 @@
+"""The web page: its service without Gradio, its API on 127.0.0.1, and a real browser (headless Chromium)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from groupvit.app import SegmentationService
+from groupvit.data.images import read_label_map
+from groupvit.data.synthetic import SHAPES, SceneGenerator
+from groupvit.errors import InputError
+from groupvit.pretrained import BUNDLED
+from groupvit.segment import Segmenter
+from groupvit.weights import load_pretrained
+
+CLASSES = ", ".join(SHAPES)
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("upload") / "scene.png"
+    Image.fromarray(SceneGenerator(image_size=64, seed=3, split="eval-all").sample(1).image).save(path)
+    return path
+
+
+def expected_labels(path: Path) -> np.ndarray:
+    segmenter = Segmenter(load_pretrained(BUNDLED), SHAPES, bg_thresh=0.95, mode="whole", short_side=64)
+    return segmenter(path).labels
+
+
+def bad_uploads(folder: Path) -> dict[str, Path]:
+    """Uploads the page must answer with a message: not an image, truncated, 1 x 1."""
+    folder.mkdir(exist_ok=True)
+    text = folder / "notes.png"
+    text.write_text("not an image")
+    whole = folder / "whole.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(whole)
+    truncated = folder / "truncated.png"
+    truncated.write_bytes(whole.read_bytes()[:200])
+    tiny = folder / "tiny.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+    return {"not an image": text, "truncated": truncated, "1x1": tiny}
+
+
+def test_service_segments_like_the_segmenter_and_caches(scene_file):
+    service = SegmentationService()
+    result = service.run(str(scene_file), CLASSES, BUNDLED)
+    np.testing.assert_array_equal(result.labels, expected_labels(scene_file))
+    assert result.overlay.shape == (384, 384, 3) and result.overlay.dtype == np.uint8  # 64 px shown at 384
+    assert sum(share for _, share in result.table) == pytest.approx(100, abs=0.05)
+    assert {name for name, _ in result.table} <= {"background", *SHAPES}
+    first = service.segmenter(BUNDLED, CLASSES, True, 0.95, "whole", "none")
+    service.run(str(scene_file), CLASSES, BUNDLED)
+    assert service.segmenter(BUNDLED, CLASSES, True, 0.95, "whole", "none") is first  # embeddings reused
+
+
+def test_service_reads_odd_images_and_refuses_bad_ones(tmp_path):
+    service = SegmentationService()
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.full((40, 50, 4), 200, np.uint8)).save(rgba)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((40, 50), 40000, np.uint16)).save(deep)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((900, 1200, 3), np.uint8)).save(big)
+    assert service.run(str(rgba), CLASSES).labels.shape == (40, 50)
+    assert service.run(str(deep), CLASSES).labels.shape == (40, 50)
+    assert service.run(str(big), CLASSES).labels.shape == (448, 597)  # resized to the protocol's short side first
+    messages = {
+        "not an image": "cannot", "truncated": "", "1x1": "the image is 1x1 pixels; upload one of at least 8",
+    }
+    for name, path in bad_uploads(tmp_path / "bad").items():
+        with pytest.raises(InputError, match=messages[name]):
+            service.run(str(path), CLASSES)
+    with pytest.raises(InputError, match="class list is empty"):
+        service.run(str(rgba), " ")
+    with pytest.raises(InputError, match="no image"):
+        service.run(None, CLASSES)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served():
+    pytest.importorskip("gradio", reason='the page needs Gradio: pip install -e ".[app]"')
+    from groupvit.app import App
+
+    app = App(BUNDLED)
+    port = free_port()
+    app.launch(port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.blocks.close()
+
+
+def test_api_returns_the_segmenter_labels_and_survives_bad_uploads(served, scene_file, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False)
+
+    def segment(path: Path):
+        return client.predict(handle_file(str(path)), CLASSES, BUNDLED, True, 0.95, "whole", "none",
+                              api_name="/segment")
+
+    overlay, groups, table, labels = segment(scene_file)
+    np.testing.assert_array_equal(read_label_map(labels), expected_labels(scene_file))
+    assert Image.open(overlay).size == (384, 384) and Path(groups).is_file()
+    assert table["headers"] == ["class", "% of pixels"] and table["data"][0][0] in {"background", *SHAPES}
+    for name, path in bad_uploads(tmp_path).items():
+        with pytest.raises(Exception) as info:
+            segment(path)
+        assert str(info.value).strip(), f"no message for the {name} upload"
+        assert "\n" not in str(info.value).strip(), f"more than one line for the {name} upload"
+        # The server keeps serving.
+        np.testing.assert_array_equal(read_label_map(segment(scene_file)[3]), expected_labels(scene_file))
+
+
+def test_page_in_a_real_browser(served, scene_file, tmp_path):
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("no browser: apt-get install chromium chromium-driver (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1500", f"--user-data-dir={tmp_path / 'profile'}",
+                 # No network but this machine: the page must load and work offline.
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(served)
+        upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#image input[type=file]")))
+        upload.send_keys(str(scene_file))
+        box = driver.find_element(By.CSS_SELECTOR, "#classes textarea")
+        box.clear()
+        box.send_keys("circle, square, triangle, star, heart, cross")
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#image img")))
+        driver.find_element(By.CSS_SELECTOR, "#segment").click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#overlay img")))
+        wait.until(lambda d: "background" in d.find_element(By.CSS_SELECTOR, "#table").text)
+        table = driver.find_element(By.CSS_SELECTOR, "#table").text
+        expected = expected_labels(scene_file)
+        for label in np.unique(expected):
+            name = ("background", *SHAPES)[label]
+            assert name in table, f"{name} missing from the class table: {table!r}"
+        shot = tmp_path / "app.png"
+        driver.save_screenshot(str(shot))
+        assert Image.open(shot).size[0] > 800
+        print(f"screenshot: {shot}")
+    finally:
+        driver.quit()
