@@ -159,6 +159,8 @@ def test_image_and_label_sizes_must_agree(tmp_path):
 class PerfectSegmenter:
     """Stands in for a Segmenter: returns the ground truth (with ignore pixels as background)."""
 
+    batch_size = 2
+
     def __init__(self, dataset):
         self.num_labels, self.background = len(dataset.label_names), dataset.background
         self.truth = {s.image: s.label for s in dataset.samples}

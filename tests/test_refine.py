@@ -151,5 +151,6 @@ def test_refine_option_of_the_commands(tmp_path, capsys):
         assert cli_main(["segment", str(image), "--classes", ",".join(SHAPES), "--weights", "synthetic-small",
                          "--mode", "whole", "--short-side", "64", "--refine", refine, "--out",
                          str(tmp_path / refine), "--quiet"]) == 0
-    assert cli_main(["segment", str(image), "--classes", "circle", "--refine", "crf"]) == 2
-    assert "invalid choice: 'crf'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["segment", str(image), "--classes", "circle", "--refine", "crf"])
+    assert exit_info.value.code == 2 and "invalid choice: 'crf'" in capsys.readouterr().err

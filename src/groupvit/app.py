@@ -174,7 +174,8 @@ class App:
                         "press **Segment**. Every group of the image is given the class whose text matches it best.")
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", label="image", sources=["upload"], elem_id="image")
+                    # A file box, not an image box: every upload reaches our reader, which names what is wrong.
+                    image = gr.File(type="filepath", label="image", file_types=["image"], elem_id="image")
                     classes = gr.Textbox(value=default_classes(weights), label="classes", elem_id="classes")
                     with gr.Row():
                         background = gr.Checkbox(value=True, label="background")

@@ -215,7 +215,7 @@ def evaluate_segmentation(
     bar = GlobalProgress(len(samples), f"eval {dataset.name}", disable=not progress)
     for first in range(0, num_rounds(len(samples), per_round) * per_round, per_round):
         part = mine[first:first + per_round]
-        results = segmenter([sample.image for sample in part], groups=group_oracle) if part else []
+        results = segmenter.iter_segment([sample.image for sample in part], groups=group_oracle)
         for sample, result in zip(part, results, strict=True):
             label = read_label_map(sample.label)
             if label.shape != result.labels.shape:
