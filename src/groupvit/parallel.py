@@ -10,7 +10,7 @@ Without torchrun every helper answers for a world of one and no process group is
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO, TypeVar
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from groupvit.train.distributed import DistEnv, env_int, init_distributed, rank, world
+from groupvit.train.distributed import DistEnv, env_int, init_distributed, rank, shutdown, world
 
 T = TypeVar("T")
 
@@ -33,6 +33,15 @@ def join(device: str | None = None) -> DistEnv:
     if env_int("WORLD_SIZE", 1) > 1 or (dist.is_available() and dist.is_initialized()):
         return init_distributed(kind)
     return DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
+
+
+def run_joined(device: str | None, body: Callable[[DistEnv], int]) -> int:
+    """``body(env)`` inside the process group of :func:`join` (left afterwards, also on errors)."""
+    env = join(device)
+    try:
+        return body(env)
+    finally:
+        shutdown()
 
 
 def my_slice(items: Sequence[T]) -> list[T]:

@@ -69,14 +69,9 @@ def _segmentation_dataset(args: argparse.Namespace, name: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from groupvit.parallel import join
-    from groupvit.train.distributed import shutdown
+    from groupvit.parallel import run_joined
 
-    env = join(args.device)
-    try:
-        return _run(args, env)
-    finally:
-        shutdown()
+    return run_joined(args.device, lambda env: _run(args, env))
 
 
 def _run(args: argparse.Namespace, env: DistEnv) -> int:
