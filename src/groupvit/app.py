@@ -107,9 +107,8 @@ class SegmentationService:
             self._segmenters.move_to_end(key)
             return self._segmenters[key]
         side = self.short_side(weights)
-        window = max(side, OFFICIAL_SHORT_SIDE) if side == OFFICIAL_SHORT_SIDE else side
         segmenter = Segmenter(self.model(weights), names, background=background, bg_thresh=bg_thresh, mode=mode,
-                              short_side=side, window=window, stride=max(1, window // 2), refine=refine)
+                              short_side=side, window=side, stride=max(1, side // 2), refine=refine)
         self._segmenters[key] = segmenter
         while len(self._segmenters) > CACHED_SEGMENTERS:
             self._segmenters.popitem(last=False)
@@ -134,11 +133,7 @@ class SegmentationService:
         self, image: ImageSource | None, classes: str, weights: str = BUNDLED, background: bool = True,
         bg_thresh: float = 0.95, mode: str = "whole", refine: str = "none",
     ) -> PageResult:
-        """Segment one upload and make the page's pictures and table."""
-        if mode not in {"whole", "slide"}:
-            raise InputError(f"mode must be 'whole' or 'slide', got {mode!r}")
-        if refine not in REFINE_METHODS:
-            raise InputError(f"refine must be one of {', '.join(REFINE_METHODS)}, got {refine!r}")
+        """Segment one upload and make the page's pictures and table (the segmenter checks mode and refine)."""
         segmenter = self.segmenter(weights, classes, background, bg_thresh, mode, refine)
         rgb = self.read(image, segmenter.short_side)
         result = segmenter(rgb)

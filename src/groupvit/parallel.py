@@ -10,7 +10,7 @@ Without torchrun every helper answers for a world of one and no process group is
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO, TypeVar
 
 import numpy as np
@@ -53,6 +53,13 @@ def num_rounds(total: int, per_round: int) -> int:
     """Rounds every rank runs for ``total`` items split over the ranks, ``per_round`` items a round."""
     per_rank = math.ceil(total / world())
     return math.ceil(per_rank / per_round)
+
+
+def my_rounds(items: Sequence[T], per_round: int) -> Iterator[list[T]]:
+    """This rank's items, ``per_round`` at a time, for :func:`num_rounds` rounds (empty lists at the end)."""
+    mine = my_slice(items)
+    for first in range(0, num_rounds(len(items), per_round) * per_round, per_round):
+        yield mine[first:first + per_round]
 
 
 def sum_counts(values: np.ndarray) -> np.ndarray:

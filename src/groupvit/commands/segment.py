@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, env: DistEnv) -> int:
-    from groupvit.parallel import GlobalProgress, my_slice, num_rounds, sum_counts
+    from groupvit.parallel import GlobalProgress, my_rounds, sum_counts
     from groupvit.pretrained import DEFAULT_OFFICIAL
     from groupvit.segment.inputs import InputReader, collect_inputs
     from groupvit.segment.segmenter import Segmenter, normalize_class_names
@@ -293,10 +293,8 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         bar.write(f"groupvit segment: skipped {name}: {err}", file=sys.stderr)
 
     start = time.perf_counter()
-    mine, per_round = my_slice(inputs), args.batch_size
     try:
-        for first in range(0, num_rounds(len(inputs), per_round) * per_round, per_round):
-            part = mine[first:first + per_round]
+        for part in my_rounds(inputs, args.batch_size):
             chunk = []
             for item in part:
                 paths = output_paths(out, item.stem, groups)

@@ -80,14 +80,12 @@ def evaluate_classification(
     samples = dataset.samples[:limit] if limit is not None else dataset.samples
     k = min(5, len(dataset.class_names))
     transform = EvalTransform(image_size=224)
-    from groupvit.parallel import GlobalProgress, my_slice, num_rounds, sum_counts
+    from groupvit.parallel import GlobalProgress, my_rounds, sum_counts
 
     correct = np.zeros(2, dtype=np.int64)  # top-1, top-k
-    mine = my_slice(samples)
     bar = GlobalProgress(len(samples), "eval classification", disable=not progress)
     with torch.inference_mode(), eval_mode(model):
-        for first in range(0, num_rounds(len(samples), batch_size) * batch_size, batch_size):
-            batch = mine[first:first + batch_size]
+        for batch in my_rounds(samples, batch_size):
             if batch:
                 images = torch.stack([transform(Image.fromarray(read_image(path))) for path, _ in batch])
                 targets = torch.tensor([label for _, label in batch], device=device)

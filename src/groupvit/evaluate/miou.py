@@ -205,16 +205,14 @@ def evaluate_segmentation(
             f"segmenter has {segmenter.num_labels} labels (background={segmenter.background}) but the dataset has "
             f"{len(dataset.label_names)} (background={dataset.background})"
         )
-    from groupvit.parallel import GlobalProgress, my_slice, num_rounds, world
+    from groupvit.parallel import GlobalProgress, my_rounds, world
 
     samples = dataset.samples[:limit] if limit is not None else dataset.samples
     accumulator = IoUAccumulator(len(dataset.label_names), dataset.ignore_index)
     oracle = IoUAccumulator(len(dataset.label_names), dataset.ignore_index) if group_oracle else None
     start = time.perf_counter()
-    mine, per_round = my_slice(samples), segmenter.batch_size
     bar = GlobalProgress(len(samples), f"eval {dataset.name}", disable=not progress)
-    for first in range(0, num_rounds(len(samples), per_round) * per_round, per_round):
-        part = mine[first:first + per_round]
+    for part in my_rounds(samples, segmenter.batch_size):
         results = segmenter.iter_segment([sample.image for sample in part], groups=group_oracle)
         for sample, result in zip(part, results, strict=True):
             label = read_label_map(sample.label)
