@@ -170,6 +170,19 @@ def test_pixel_scores_background_channel_by_hand():
     torch.testing.assert_close(pixel_class_scores(index, q, background=False, bg_thresh=0.95), out[:, 1:])
 
 
+def test_pixel_scores_equal_the_per_pixel_formula():
+    # Per pixel: gather the group's scores, background where their max is below min(thresh, Q.max()).
+    gen = torch.Generator().manual_seed(0)
+    q = torch.rand(2, 5, 4, generator=gen)
+    index = torch.randint(0, 5, (2, 7, 9), generator=gen)
+    out = pixel_class_scores(index, q, background=True, bg_thresh=0.9)
+    gathered = torch.stack([q[b][index[b]] for b in range(2)]).permute(0, 3, 1, 2)
+    threshold = q.amax(dim=(1, 2)).clamp(max=0.9).view(2, 1, 1)
+    assert out.is_contiguous()
+    assert torch.equal(out[:, 1:], gathered)
+    assert torch.equal(out[:, 0], (gathered.amax(dim=1) < threshold).float())
+
+
 def test_window_grid_and_counts_by_hand_448x700():
     windows = window_grid(448, 700, window=448, stride=224)
     # Columns: max(700 - 448 + 223, 0) // 224 + 1 = 3 positions; the last is clamped to the border.
@@ -335,6 +348,12 @@ def test_window_merger_averages_and_refuses_gaps():
     merger.add((0, 2, 0, 2), torch.full((1, 2, 2), 2.0))
     merger.add((0, 2, 1, 3), torch.full((1, 2, 2), 4.0))
     torch.testing.assert_close(merger.mean_scores(), torch.tensor([[[2.0, 3.0, 4.0], [2.0, 3.0, 4.0]]]))
+    whole = WindowMerger(2, 2, 3, torch.device("cpu"))
+    scores = torch.rand(2, 2, 3)
+    whole.add((0, 2, 0, 3), scores)
+    assert whole.mean_scores() is scores  # one window over the whole image: kept as it is
+    whole.add((0, 2, 0, 3), torch.ones(2, 2, 3))
+    torch.testing.assert_close(whole.mean_scores(), (scores + 1) / 2)
     gap = WindowMerger(1, 2, 3, torch.device("cpu"))
     gap.add((0, 2, 0, 2), torch.ones(1, 2, 2))
     with pytest.raises(InputError, match="covered by no crop"):

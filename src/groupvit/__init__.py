@@ -9,6 +9,7 @@ Public API::
     image_embeds = model.encode_image(images)                  # [B, D], L2-normalised
     text_embeds = model.encode_text(tokens)                    # [B, D]
     model.save_pretrained("out_dir")                           # Hugging Face layout
+    groupvit.export_onnx(model, "onnx_dir")                    # image.onnx + text.onnx for onnxruntime
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 from groupvit.config import PRESETS, GroupViTConfig, TextConfig, VisionConfig, apply_overrides, get_config
 from groupvit.data.images import read_image
 from groupvit.data.transforms import load_image
-from groupvit.errors import ConfigError, DivergenceError, GroupViTError, InputError, WeightsError
+from groupvit.errors import ConfigError, DivergenceError, ExportError, GroupViTError, InputError, WeightsError
+from groupvit.export import OnnxGroupViT, export_onnx
 from groupvit.model import GroupViT, ImageEncoding
 from groupvit.segment import SegmentationResult, Segmenter
 from groupvit.text.templates import TEMPLATES, get_templates
@@ -46,8 +48,8 @@ def create_model(preset_or_config: str | GroupViTConfig = "gcc-yfcc", **override
 
 
 __all__ = [
-    "PRESETS", "TEMPLATES", "ConfigError", "DivergenceError", "GroupViT", "GroupViTConfig", "GroupViTError",
-    "ImageEncoding", "InputError", "SegmentationResult", "Segmenter", "TextConfig", "Tokenizer", "VisionConfig",
-    "WeightsError", "create_model", "get_config", "get_templates", "load_image", "load_pretrained", "read_image",
-    "save_checkpoint", "save_pretrained", "tokenize",
+    "PRESETS", "TEMPLATES", "ConfigError", "DivergenceError", "ExportError", "GroupViT", "GroupViTConfig",
+    "GroupViTError", "ImageEncoding", "InputError", "OnnxGroupViT", "SegmentationResult", "Segmenter", "TextConfig",
+    "Tokenizer", "VisionConfig", "WeightsError", "create_model", "export_onnx", "get_config", "get_templates",
+    "load_image", "load_pretrained", "read_image", "save_checkpoint", "save_pretrained", "tokenize",
 ]

@@ -20,6 +20,7 @@ EXIT_STATUS = ("exit status: 0 success; 1 some inputs failed (each named on stde
 COMMANDS: dict[str, str] = {
     "demo": "groupvit.commands.demo",
     "convert": "groupvit.commands.convert",
+    "export": "groupvit.commands.export",
     "segment": "groupvit.commands.segment",
     "eval": "groupvit.commands.eval",
     "synth": "groupvit.commands.synth",

@@ -92,6 +92,18 @@ class VisionConfig:
         """Side of the square patch grid the position table is stored for."""
         return self.image_size // self.patch_size
 
+    def patch_grid(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` patch grid of an ``height x width`` input.
+
+        The patch stem floors (``H // patch``); each stride-2, padding-1 3x3 convolution of the conv stem
+        rounds up (``ceil(H / 2)``, ``log2(patch)`` times).
+        """
+        if self.stem == "patch":
+            return height // self.patch_size, width // self.patch_size
+        for _ in range(self.patch_size.bit_length() - 1):
+            height, width = -(-height // 2), -(-width // 2)
+        return height, width
+
 
 @dataclass
 class TextConfig:

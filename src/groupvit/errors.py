@@ -19,3 +19,7 @@ class InputError(GroupViTError, ValueError):
 
 class DivergenceError(GroupViTError, FloatingPointError):
     """Training produced a non-finite loss (the message names the step); no update was applied."""
+
+
+class ExportError(GroupViTError):
+    """A model cannot be exported, or an exported folder is missing, incomplete or of another version."""

@@ -95,8 +95,8 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         from groupvit.evaluate.classification import evaluate_classification
 
         dataset = imagenet_folder(root, args.names_file)
-        model = load_model(args.weights, args.device, env)
-        settings = {"templates": args.templates or "subset", "resize": 256, "crop": 224}
+        model = load_model(args.weights, args.device, env, args.backend)
+        settings = {"templates": args.templates or "subset", "resize": 256, "crop": 224, "backend": args.backend}
         report = evaluate_classification(model, dataset, templates=settings["templates"],
                                          batch_size=args.batch_size, limit=args.limit, progress=progress)
     else:
@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
             print(f"groupvit eval: skipping {len(skipped)} samples with missing files (first: {skipped[0][1]})",
                   file=sys.stderr)
         warn_if_out_of_domain(args.weights, list(dataset.class_names), args.short_side)
-        model = load_model(args.weights, args.device, env)
+        model = load_model(args.weights, args.device, env, args.backend)
         bg_thresh = dataset.bg_thresh if args.bg_thresh is None else args.bg_thresh
         segmenter = Segmenter(model, dataset.class_names, background=dataset.background, bg_thresh=bg_thresh,
                               templates=args.templates or "simple", mode=args.mode, batch_size=args.batch_size,
@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
             "mode": segmenter.mode, "bg_thresh": segmenter.bg_thresh, "background": segmenter.background,
             "templates": args.templates or "simple", "short_side": segmenter.short_side,
             "window": segmenter.window, "stride": segmenter.stride, "top_k": segmenter.top_k,
-            "refine": args.refine,
+            "refine": args.refine, "backend": args.backend,
         }
         report = evaluate_segmentation(segmenter, dataset, limit=args.limit, progress=progress,
                                        group_oracle=args.group_oracle)

@@ -42,6 +42,7 @@ import torch
 
 from groupvit.data.benchmarks import BG_THRESH, COCO_OBJECT_CLASSES, CONTEXT_CLASSES, VOC_CLASSES
 from groupvit.errors import InputError
+from groupvit.export.runtime import BACKENDS, OnnxGroupViT, is_export_dir, with_backend
 from groupvit.text.templates import TEMPLATES
 
 if TYPE_CHECKING:
@@ -101,6 +102,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4,
                         help="crops (segmentation) or images (classification) per forward pass (default 4)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="run the towers in PyTorch (default) or onnxruntime (fp32, or int8: --weights a folder "
+                             "from `groupvit export onnx [--int8]`; other weights are exported on the fly)")
     add_refine_argument(parser)
 
 
@@ -113,17 +117,30 @@ def add_refine_argument(parser: argparse.ArgumentParser) -> None:
                              "needs scikit-image) or none (official; default)")
 
 
-def load_model(weights: str | None, device: str | None, env: DistEnv | None = None) -> torch.nn.Module:
-    """The model of ``--weights`` (default: the official ``gcc-yfcc``); raises InputError / WeightsError.
+def load_model(
+    weights: str | None, device: str | None, env: DistEnv | None = None, backend: str = "torch"
+) -> torch.nn.Module | OnnxGroupViT:
+    """The model of ``--weights`` (default: the official ``gcc-yfcc``) on ``backend``.
 
     Under torchrun (``env`` of several ranks) each rank uses its own device, and rank 0 loads first so that
-    a named model is downloaded once.
+    a named model is downloaded once. Raises InputError / WeightsError / ExportError.
     """
+    if weights is not None and is_export_dir(weights):
+        if backend == "torch":
+            raise InputError(f"{weights} is an ONNX export; add --backend onnxruntime (or onnxruntime-int8)")
+        return with_backend(weights, backend)
+    if backend != "torch" and device not in (None, "cpu"):
+        raise InputError(f"--backend {backend} runs on the CPU; drop --device {device}")
+    if backend != "torch":
+        print(f"groupvit: exporting {weights or 'the weights'} to ONNX for --backend {backend} (export once with "
+              "`groupvit export onnx` and pass the folder as --weights to skip this)", file=sys.stderr)
     from groupvit.pretrained import DEFAULT_OFFICIAL
     from groupvit.train.distributed import barrier
     from groupvit.weights import load_pretrained
 
-    if env is not None and env.world_size > 1:
+    if backend != "torch":
+        target = torch.device("cpu")
+    elif env is not None and env.world_size > 1:
         target = env.device
     else:
         try:
@@ -137,7 +154,7 @@ def load_model(weights: str | None, device: str | None, env: DistEnv | None = No
     model = load_pretrained(weights or DEFAULT_OFFICIAL, device=target)
     if env is not None and env.is_main:
         barrier()
-    return model
+    return with_backend(model, backend)
 
 
 def warn_if_out_of_domain(weights: str | None, names: list[str], short_side: int) -> None:
@@ -267,7 +284,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         "weights": args.weights or DEFAULT_OFFICIAL, "classes": names, "background": not args.no_background,
         "bg_thresh": bg_thresh, "templates": args.templates or "simple", "mode": args.mode,
         "short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine,
-        "groups": not args.no_groups,
+        "groups": not args.no_groups, "backend": args.backend,
     }
     if args.skip_existing and env.is_main:
         try:
@@ -276,7 +293,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
             raise InputError(f"cannot write to {out}: {err.strerror or err}") from None
 
     warn_if_out_of_domain(args.weights, names, args.short_side)
-    model = load_model(args.weights, args.device, env)
+    model = load_model(args.weights, args.device, env, args.backend)
     segmenter = Segmenter(
         model, names, background=not args.no_background, bg_thresh=bg_thresh, templates=args.templates or "simple",
         mode=args.mode, batch_size=args.batch_size, **window_settings(args),

@@ -65,8 +65,14 @@ class TextEncoder(nn.Module):
         self.check_tokens(tokens)
         eot = tokens.argmax(dim=-1)
         length = int(eot.max()) + 1 if tokens.numel() else 0
-        tokens = tokens[:, :length]
-        x = self.token_embedding(tokens) + self.positional_embedding[:length]
+        return self.pool(tokens[:, :length], eot)
+
+    def pool(self, tokens: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """Unchecked forward: ``tokens [B, T]`` read at positions ``eot [B]`` -> ``[B, width]``.
+
+        Every position is computed (no data-dependent shapes: what an exported graph needs).
+        """
+        x = self.token_embedding(tokens) + self.positional_embedding[:tokens.shape[1]]
         for block in self.blocks:
             x = block(x)
         x = self.ln_final(x)

@@ -84,10 +84,11 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> tor
     """Resize a square position table ``[1, n*n, C]`` to ``grid`` bicubically: ``[1, h*w, C]``.
 
     Same as the official eval-time ``get_pos_embed`` (``align_corners=False``); the identity when
-    the grid already matches.
+    the grid already matches. An exported graph always resizes: bicubic resampling to the same size
+    is exactly the identity (weights 0, 1, 0, 0), and the graph stays valid for every image size.
     """
     n = int(round(pos_embed.shape[1] ** 0.5))
-    if grid == (n, n):
+    if not torch.compiler.is_exporting() and grid == (n, n):
         return pos_embed
     table = pos_embed.reshape(1, n, n, -1).permute(0, 3, 1, 2)
     table = F.interpolate(table, size=grid, mode="bicubic", align_corners=False)

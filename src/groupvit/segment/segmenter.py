@@ -23,6 +23,7 @@ from torch import nn
 
 from groupvit.data.images import ImageSource, bilinear_taps, denormalize, prepare_segmentation_input, read_image
 from groupvit.errors import InputError
+from groupvit.export.runtime import with_backend
 from groupvit.segment.refine import check_refine, refine_scores
 from groupvit.segment.sliding import WindowMerger, upsample_argmax, window_grid
 from groupvit.text.templates import get_templates
@@ -180,14 +181,17 @@ def pixel_class_scores(
     Classes sit in channels ``1..N`` after a background channel 0 when ``background``: it is 1 where the
     pixel's best class score is below ``min(bg_thresh, Q.max())`` (per crop), else 0.
     """
+    if background:
+        # A pixel's best score is its group's: background is decided per group, before the lookup.
+        threshold = scores.amax(dim=(1, 2)).clamp(max=bg_thresh)[:, None]
+        is_background = (scores.amax(dim=2) < threshold).to(scores.dtype)
+        scores = torch.cat([is_background[:, :, None], scores], dim=2)
+    table = scores.transpose(1, 2).contiguous()  # [B, C, G]: per image, one lookup writes the C planes
     batch, height, width = group_index.shape
-    classes = scores.shape[-1]
-    flat = group_index.reshape(batch, -1, 1).expand(-1, -1, classes)
-    out = torch.gather(scores, 1, flat).transpose(1, 2).reshape(batch, classes, height, width)
-    if not background:
-        return out
-    threshold = scores.amax(dim=(1, 2)).clamp(max=bg_thresh).view(batch, 1, 1, 1)
-    return torch.cat([(out.amax(dim=1, keepdim=True) < threshold).to(out.dtype), out], dim=1)
+    out = scores.new_empty(batch, table.shape[1], height, width)
+    for b in range(batch):
+        torch.index_select(table[b], 1, group_index[b].reshape(-1), out=out[b].view(table.shape[1], -1))
+    return out
 
 
 @dataclass
@@ -252,6 +256,8 @@ class Segmenter:
         batch_size: crops per forward, and images prepared together by :meth:`iter_segment`.
         refine: ``None`` (official), ``'pamr'`` or ``'superpixel'``: the merged scores are snapped to the
             colour edges of the pre-processed image before the arg-max (:mod:`groupvit.segment.refine`).
+        backend: ``'torch'``, ``'onnxruntime'`` or ``'onnxruntime-int8'`` (:func:`groupvit.export.with_backend`:
+            ``model`` may then also be an export folder or an :class:`~groupvit.export.OnnxGroupViT`).
     """
 
     def __init__(
@@ -269,6 +275,7 @@ class Segmenter:
         max_long_side: int = 2048,
         batch_size: int = 4,
         refine: str | None = None,
+        backend: str = "torch",
     ) -> None:
         self.class_names = normalize_class_names(class_names)
         if background and any(name.lower() == BACKGROUND for name in self.class_names):
@@ -286,7 +293,7 @@ class Segmenter:
                 raise InputError(f"{name} must be a positive integer, got {value}")
         window_grid(window, window, window, stride)  # validates window and stride
         self.refine = check_refine(refine)
-        self.model = model
+        self.model = model = with_backend(model, backend)
         self.background = bool(background)
         self.bg_thresh = float(bg_thresh)
         self.templates = get_templates(templates)

@@ -54,22 +54,39 @@ def coverage(height: int, width: int, windows: list[Window]) -> torch.Tensor:
 
 
 class WindowMerger:
-    """Accumulates the scores ``[C, h, w]`` of the crops of one image: summed into place, divided by the coverage."""
+    """Accumulates the scores ``[C, h, w]`` of the crops of one image: summed into place, divided by the coverage.
+
+    A single crop covering the whole image is kept as it is (no accumulation buffers, no copies).
+    """
 
     def __init__(self, channels: int, height: int, width: int, device: torch.device) -> None:
         self.size = (height, width)
-        self.scores = torch.zeros(channels, height, width, device=device)
-        self.count = torch.zeros(height, width, device=device)
+        self.channels, self.device = channels, device
+        self.whole: torch.Tensor | None = None
+        self.scores: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
 
     def add(self, window: Window, scores: torch.Tensor) -> None:
         """Add the ``scores [C, y2 - y1, x2 - x1]`` of the crop ``window = (y1, y2, x1, x2)``."""
         y1, y2, x1, x2 = window
+        if self.whole is None and self.scores is None and window == (0, self.size[0], 0, self.size[1]):
+            self.whole = scores
+            return
+        if self.scores is None or self.count is None:
+            self.scores = torch.zeros(self.channels, *self.size, device=self.device)
+            self.count = torch.zeros(*self.size, device=self.device)
+            if self.whole is not None:
+                self.scores += self.whole
+                self.count += 1
+                self.whole = None
         self.scores[:, y1:y2, x1:x2] += scores
         self.count[y1:y2, x1:x2] += 1
 
     def mean_scores(self) -> torch.Tensor:
         """``[C, H, W]``: summed scores over the covering count."""
-        if bool((self.count == 0).any()):
+        if self.whole is not None:
+            return self.whole
+        if self.scores is None or self.count is None or bool((self.count == 0).any()):
             raise InputError("some pixels are covered by no crop; check the window and stride")
         return self.scores / self.count
 
