@@ -46,8 +46,8 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 
 
 def markers(args: argparse.Namespace) -> tuple[str, str]:
-    """Start and end lines of the generated block; one block per clock and thread count."""
-    tag = f"{args.clock}-{args.threads}t"
+    """Start and end lines of the generated block; one block per clock, thread count and CPU kind."""
+    tag = f"{args.clock}-{args.threads}t-{machine.cpu_kind()}"
     return f"<!-- results:{tag}:start -->", f"<!-- results:{tag}:end -->"
 
 # Other tenants using more than this many cores during a phase make its numbers suspect.

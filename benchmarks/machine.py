@@ -41,6 +41,12 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_kind() -> str:
+    """``'avx512'`` when the CPU has AVX-512 (F), else ``'avx2'`` (or ``'other'``): timings differ by kind."""
+    flags = cpu_flags()
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity), the thread count the benchmark uses."""
     try:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,26 @@ def check_exportable(model: nn.Module) -> None:
         raise ExportError(f"export needs float32 weights, got {sorted(map(str, dtypes))}; call model.float() first")
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporter's and the quantiser's progress prints, warnings and log lines for the block."""
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx"), logging.getLogger("torch.export")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_name: str,
             output_names: list[str], dynamic: dict[int, Any], opset: int) -> None:
     """Trace ``module`` with ``torch.export`` and write one self-contained ONNX file atomically."""
-    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with atomic_path(path) as tmp, quiet():
         try:
             torch.onnx.export(
                 module, args, str(tmp), dynamo=True, opset_version=opset, input_names=[input_name],
@@ -102,7 +117,7 @@ def quantize_int8(source: Path, target: Path) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         raise ExportError("--int8 needs onnxruntime; pip install 'groupvit[onnx]'") from None
-    with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp, quiet():
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
 
 

@@ -413,7 +413,9 @@ class Segmenter:
                 group_maps = [self.whole_image_group_maps(x) for x, _ in prepared]
             results = []
             for (x, original), merger, maps in zip(prepared, mergers, group_maps, strict=True):
-                scores = refine_scores(self.refine, denormalize(x), merger.mean_scores())
+                scores = merger.mean_scores()
+                if self.refine is not None:
+                    scores = refine_scores(self.refine, denormalize(x), scores)
                 results.append(SegmentationResult(
                     labels=upsample_argmax(scores, original),
                     scores=scores.cpu(),
