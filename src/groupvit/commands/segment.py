@@ -79,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def window_settings(args: argparse.Namespace) -> dict[str, int | str | None]:
-    """The resize, sliding-window and refinement options as :class:`~groupvit.Segmenter` keywords."""
-    return {"short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine}
+    """The resize, sliding-window, refinement and backend options as :class:`~groupvit.Segmenter` keywords."""
+    return {"short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine,
+            "backend": args.backend}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
