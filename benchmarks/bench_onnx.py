@@ -84,7 +84,7 @@ def speed(args: argparse.Namespace, folder: Path) -> dict[str, dict[str, list[fl
     image = np.random.default_rng(0).integers(0, 256, (448, 448, 3), dtype=np.uint8)
     variants = {}
     for name, tower in towers.items():
-        segmenter = Segmenter(tower, workloads.CLASS_NAMES, mode="whole")
+        segmenter = Segmenter(tower, workloads.CLASS_NAMES, mode="whole", backend=name)
         variants[name] = lambda s=segmenter: s(image, groups=False)
     variants["transformers"] = workloads.reference_segment(reference)
     results["segmentation 448², 21 classes (from uint8 pixels)"] = timed(variants, args.runs, args.warmup)

@@ -72,6 +72,8 @@ class OnnxGroupViT:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
+        # Idle worker threads sleep instead of spinning: the post-processing that follows each run is PyTorch's.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
         for role, file in meta["files"].items():
             path = folder / (int8_name(file) if int8 else file)
