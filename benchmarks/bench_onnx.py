@@ -93,12 +93,13 @@ def speed(args: argparse.Namespace, folder: Path) -> dict[str, dict[str, list[fl
 
 def accuracy(args: argparse.Namespace, folder: Path) -> dict[str, tuple[float, float]]:
     """Per backend: (label agreement with eager PyTorch %, mIoU %) on fresh synthetic scenes."""
-    export_onnx(load_pretrained("synthetic-small"), folder, int8=True)
+    model = load_pretrained("synthetic-small")
+    export_onnx(model, folder, int8=True)
     scenes = [SceneGenerator(image_size=64, seed=2027, split="eval-all").sample(i) for i in range(args.scenes)]
     labels: dict[str, list[np.ndarray]] = {}
     out = {}
     for backend in BACKENDS:
-        tower = load_pretrained("synthetic-small") if backend == "torch" else folder
+        tower = model if backend == "torch" else folder
         segmenter = Segmenter(tower, THING_CLASSES[1:], mode="whole", short_side=64, backend=backend)
         labels[backend] = [r.labels for r in segmenter([s.image for s in scenes], groups=False)]
         iou = IoUAccumulator(len(THING_CLASSES))

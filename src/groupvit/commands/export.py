@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from groupvit.export.onnx import OPSET
 
@@ -22,14 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from groupvit.export.onnx import export_onnx, int8_name
+    from groupvit.export.onnx import IMAGE_FILE, TEXT_FILE, export_onnx, int8_name
     from groupvit.pretrained import DEFAULT_OFFICIAL
     from groupvit.weights import load_pretrained
 
     model = load_pretrained(args.weights or DEFAULT_OFFICIAL).float().eval()
     meta_path = export_onnx(model, args.out, int8=args.int8, opset=args.opset)
-    meta = json.loads(meta_path.read_text())
-    files = [*meta["files"].values()] + ([int8_name(f) for f in meta["files"].values()]
-                                         if args.int8 else [])
-    print(f"wrote {', '.join(files)} and {meta_path.name} to {meta_path.parent} (opset {meta['opset']})")
+    files = [IMAGE_FILE, TEXT_FILE] + ([int8_name(IMAGE_FILE), int8_name(TEXT_FILE)] if args.int8 else [])
+    print(f"wrote {', '.join(files)} and {meta_path.name} to {meta_path.parent} (opset {args.opset})")
     return 0

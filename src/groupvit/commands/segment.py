@@ -130,16 +130,15 @@ def load_model(
         if backend == "torch":
             raise InputError(f"{weights} is an ONNX export; add --backend onnxruntime (or onnxruntime-int8)")
         return with_backend(weights, backend)
-    if backend != "torch" and device not in (None, "cpu"):
-        raise InputError(f"--backend {backend} runs on the CPU; drop --device {device}")
-    if backend != "torch":
-        print(f"groupvit: exporting {weights or 'the weights'} to ONNX for --backend {backend} (export once with "
-              "`groupvit export onnx` and pass the folder as --weights to skip this)", file=sys.stderr)
     from groupvit.pretrained import DEFAULT_OFFICIAL
     from groupvit.train.distributed import barrier
     from groupvit.weights import load_pretrained
 
     if backend != "torch":
+        if device not in (None, "cpu"):
+            raise InputError(f"--backend {backend} runs on the CPU; drop --device {device}")
+        print(f"groupvit: exporting {weights or 'the weights'} to ONNX for --backend {backend} (export once with "
+              "`groupvit export onnx` and pass the folder as --weights to skip this)", file=sys.stderr)
         target = torch.device("cpu")
     elif env is not None and env.world_size > 1:
         target = env.device
