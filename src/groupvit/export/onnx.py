@@ -139,6 +139,8 @@ def export_onnx(
         ExportError: the model is not exportable (training mode, not float32) or the exporter failed.
     """
     check_exportable(model)
+    import groupvit
+
     try:
         import onnx
     except ImportError:
@@ -166,7 +168,7 @@ def export_onnx(
     meta = {
         "groupvit_onnx_format": FORMAT_VERSION,
         "opset": opset,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "groupvit": _package_version()},
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "groupvit": groupvit.__version__},
         "config": cfg.to_dict(),
         "logit_scale": float(model.scale().detach()),
         "files": files,
@@ -178,12 +180,3 @@ def export_onnx(
     with atomic_path(out / META_FILE) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return out / META_FILE
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("groupvit")
-    except PackageNotFoundError:
-        return "unknown"
