@@ -459,6 +459,17 @@ def test_command_writes_shards_and_voc(tmp_path, capsys):
     ]
 
 
+def test_command_twins_option_writes_the_generators_captions(tmp_path):
+    assert parse(["train", "out", "--num", "2", "--twins"]).twins == "all"
+    assert parse(["train", "out", "--num", "2"]).twins is None
+    argv = ["train", str(tmp_path), "--num", "4", "--size", "48", "--twins", "one", "--quiet"]
+    assert synth_command.run(parse(argv)) == 0
+    with tarfile.open(tmp_path / "synth-000000.tar") as tar:
+        captions = [tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".txt")]
+    gen = SceneGenerator(image_size=48, twins=True, twin_shapes="one", max_objects=4)
+    assert captions == [gen.sample(i).caption for i in range(4)]
+
+
 def test_command_rejects_bad_arguments(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -487,6 +498,29 @@ def test_shape_twins_share_layout_colours_and_background_but_not_shapes():
         assert all(a.shape != b.shape for a, b in zip(scene.objects, twin.objects, strict=True))
         assert not any(o.heldout for o in twin.objects)
         assert gen.sample(index + 1).caption == twin.caption  # deterministic
+
+
+def test_one_shape_twins_change_one_named_object():
+    gen = SceneGenerator(image_size=64, seed=3, twins=True, twin_shapes="one", max_objects=4)
+    every = SceneGenerator(image_size=64, seed=3, twins=True, max_objects=4)
+    for index in range(0, 60, 2):
+        scene, twin = gen.sample(index), gen.sample(index + 1)
+        first = every.sample(index)  # the first of a pair does not depend on twin_shapes
+        assert scene.caption == first.caption and np.array_equal(scene.image, first.image)
+        assert twin.background == scene.background
+        assert [(o.colour, o.center, o.size, o.angle) for o in twin.objects] == [
+            (o.colour, o.center, o.size, o.angle) for o in scene.objects
+        ]
+        changed = [n for n, (a, b) in enumerate(zip(scene.objects, twin.objects, strict=True)) if a.shape != b.shape]
+        assert len(changed) == 1
+        named = [n for n, o in enumerate(scene.objects) if o.mentioned and o.area > 0]
+        assert changed[0] in named or not named
+        assert not twin.objects[changed[0]].heldout
+
+
+def test_unknown_twin_shapes_is_a_config_error():
+    with pytest.raises(ConfigError, match="twin_shapes"):
+        SceneGenerator(twins=True, twin_shapes="some")
 
 
 def _without_shapes(caption: str) -> str:

@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--workers", type=int, default=1, help="processes writing shards (default 1)")
     train.add_argument(
-        "--twins", action="store_true",
-        help="every odd scene repaints the one before with other shapes (same layout, colours, background)",
+        "--twins", nargs="?", const="all", choices=("all", "one"), default=None,
+        help="every odd scene repaints the one before with other shapes (same layout, colours, background): "
+        "all of them (the default) or one named object's",
     )
     evaluation = targets.add_parser("eval", help="PASCAL VOC layout scenes with exact label maps")
     _common(evaluation, default_seed=1)
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
             max_objects=args.max_objects,
             caption_drop_rate=args.drop_rate,
             workers=max(1, args.workers),
-            twins=args.twins,
+            twins=args.twins is not None,
+            twin_shapes=args.twins or "all",
             progress=not args.quiet,
         )
         print(f"wrote {args.num} scenes in {len(paths)} shard(s): {_shard_pattern(paths)}")

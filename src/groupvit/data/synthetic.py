@@ -76,6 +76,7 @@ THING_CLASSES: tuple[str, ...] = ("background", *SHAPES)
 STUFF_AND_THING_CLASSES: tuple[str, ...] = (*SHAPES, *BACKGROUNDS)
 
 SPLITS: tuple[str, ...] = ("train", "eval-all", "eval-seen", "eval-heldout")
+TWIN_SHAPES: tuple[str, ...] = ("all", "one")
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 # Extra seed word of the caption stream shared by a pair of shape twins.
 _TWIN_CAPTION_STREAM = 1
@@ -466,6 +467,9 @@ class SceneGenerator:
             captions differ in their shape words only (unless the new shapes regroup the objects).
             Twins sit side by side in a batch, so colour and background words cannot tell them
             apart: the contrastive loss needs the shapes.
+        twin_shapes: which shapes a twin replaces: ``"all"`` of them, or ``"one"`` object's (one the
+            caption names, drawn per pair), so that the two captions differ in one shape word and the
+            image embedding has to keep that object apart from the others.
     """
 
     def __init__(
@@ -477,6 +481,7 @@ class SceneGenerator:
         caption_drop_rate: float = 0.05,
         split: str = "train",
         twins: bool = False,
+        twin_shapes: str = "all",
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"unknown synthetic split {split!r}; expected one of {list(SPLITS)}")
@@ -490,6 +495,8 @@ class SceneGenerator:
             raise ConfigError(f"caption_drop_rate must be in [0, 1), got {caption_drop_rate}")
         if int(seed) < 0:
             raise ConfigError(f"seed must be non-negative, got {seed}")
+        if twin_shapes not in TWIN_SHAPES:
+            raise ConfigError(f"unknown twin_shapes {twin_shapes!r}; expected one of {list(TWIN_SHAPES)}")
         self.image_size = int(image_size)
         self.seed = int(seed)
         self.min_objects = int(min_objects)
@@ -497,6 +504,7 @@ class SceneGenerator:
         self.caption_drop_rate = float(caption_drop_rate)
         self.split = split
         self.twins = bool(twins)
+        self.twin_shapes = twin_shapes
         all_pairs = [(c, s) for c in COLOURS for s in SHAPES]
         seen = [pair for pair in all_pairs if pair not in HELDOUT_COMBINATIONS]
         self._pairs = all_pairs if split in ("eval-all", "eval-heldout") else seen
@@ -530,11 +538,18 @@ class SceneGenerator:
         raise RuntimeError(f"could not lay out scene {index} in {LAYOUT_TRIES} tries")
 
     def _shape_twin(self, scene: Scene, index: int) -> Scene:
-        """``scene`` with every shape replaced by another one allowed in this split, repainted."""
+        """``scene`` with every shape (or one object's, see ``twin_shapes``) replaced, repainted."""
         rng = self._rng(index)
         allowed = set(self._pairs)
+        changed = range(len(scene.objects))
+        if self.twin_shapes == "one":  # a named, visible object, so that the captions differ
+            named = [n for n, obj in enumerate(scene.objects) if obj.mentioned and obj.area > 0]
+            changed = [named[int(rng.integers(len(named)))]] if named else [int(rng.integers(len(scene.objects)))]
         objects = []
-        for obj in scene.objects:
+        for number, obj in enumerate(scene.objects):
+            if number not in changed:
+                objects.append(obj)
+                continue
             shapes = [shape for shape in SHAPES if shape != obj.shape and (obj.colour, shape) in allowed]
             objects.append(replace(obj, shape=shapes[int(rng.integers(len(shapes)))], box=None, area=0))
         texture = background_texture(scene.background, self.image_size, rng)
@@ -672,14 +687,15 @@ def write_shards(
     workers: int = 1,
     progress: bool = True,
     twins: bool = False,
+    twin_shapes: str = "all",
 ) -> list[Path]:
     """Write scenes ``0 .. num_samples - 1`` as webdataset tar shards ``<prefix>-000000.tar``, ...
 
     Each shard holds up to ``samples_per_shard`` samples, each as ``{key}.png`` (RGB image) and
     ``{key}.txt`` (UTF-8 caption) with ``key`` the 9-digit scene index. A shard is written to a
     temporary file beside it and renamed when complete. ``workers`` > 1 writes shards in parallel processes
-    (the bytes do not depend on it). ``twins`` makes every odd scene the shape twin of the one before
-    (see :class:`SceneGenerator`). Returns the shard paths in order.
+    (the bytes do not depend on it). ``twins`` makes every odd scene the shape twin of the one before,
+    with ``twin_shapes`` of its shapes replaced (see :class:`SceneGenerator`). Returns the shard paths in order.
     """
     if num_samples < 1:
         raise InputError(f"number of samples must be positive, got {num_samples}")
@@ -693,6 +709,7 @@ def write_shards(
         caption_drop_rate=caption_drop_rate,
         split=split,
         twins=twins,
+        twin_shapes=twin_shapes,
     )
     generator = SceneGenerator(**settings)  # validates the settings before anything is written
     out = _prepare_dir(Path(out_dir))
