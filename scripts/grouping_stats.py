@@ -70,7 +70,10 @@ def main() -> None:
             if majority > 0:
                 named.append(int(best[group]) + 1 == majority)
     print(f"group oracle (patch-level final groups): mIoU {100 * oracle.compute().miou:.1f} ({args.num} scenes)")
-    print(f"object groups named right: {100 * np.mean(named):.1f} % of {len(named)} (chance 16.7 %)")
+    if named:
+        print(f"object groups named right: {100 * np.mean(named):.1f} % of {len(named)} (chance 16.7 %)")
+    else:
+        print("object groups named right: no final group is mostly one shape")
 
 
 if __name__ == "__main__":
