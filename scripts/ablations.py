@@ -12,6 +12,7 @@ a bar plot. Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants")
     parser.add_argument("--out", default="docs/ablations")
     args = parser.parse_args()
+    if importlib.util.find_spec("matplotlib") is None:  # checked before hours of training, not after
+        parser.error("the plot needs matplotlib: pip install -e '.[plots]'")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
