@@ -33,6 +33,7 @@ import yaml
 from groupvit.config import GroupViTConfig, get_config
 from groupvit.errors import ConfigError
 from groupvit.fileio import atomic_path
+from groupvit.train.group_objectives import check_group_objectives
 
 AMP_MODES = ("bf16", "fp16", "none")
 
@@ -68,6 +69,9 @@ class TrainSection:
     # What the multi-label prompts are scored against: "image" (official: the pooled image embedding) or
     # "max-group" (the best-matching final group of each image; see losses.py).
     multi_label_pooling: str = "image"
+    # Group-level objectives beyond the paper, {name: weight} (groupvit.train.group_objectives): affinity,
+    # anti_copy, prototype, mix. Empty (official): the loss is the paper's.
+    group_objectives: dict[str, float] = field(default_factory=dict)
     # Periods in optimizer steps; 0 = only at the end of each epoch.
     log_every: int = 10
     ckpt_every: int = 1000
@@ -90,6 +94,9 @@ class TrainSection:
             raise ConfigError(
                 f"train.multi_label_pooling must be 'image' or 'max-group', got {self.multi_label_pooling!r}"
             )
+        if not isinstance(self.group_objectives, Mapping):
+            raise ConfigError("train.group_objectives must map objective names to weights, e.g. {affinity: 1.0}")
+        self.group_objectives = check_group_objectives(self.group_objectives)
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
         if self.accumulation_steps < 0:

@@ -27,7 +27,9 @@ option for small-scale training (docs/synthetic-experiments.md), not part of the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,22 @@ from torch import nn
 
 from groupvit.errors import InputError
 from groupvit.model import GroupViT
+from groupvit.model.groupvit import ImageEncoding
 from groupvit.train.distributed import all_gather_with_grad, rank, world
+from groupvit.train.group_objectives import (
+    StageCapture,
+    affinity_loss,
+    anti_copy_loss,
+    capture_grouping,
+    chain_soft,
+    check_group_objectives,
+    mix_images,
+    mix_loss,
+    mix_masks,
+    mix_partner,
+    patch_colours,
+    prototype_loss,
+)
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -185,14 +202,16 @@ def multi_label_loss(
 
 @dataclass
 class LossOutput:
-    """Losses of one step (0-dim tensors): ``total = itc + weight * multi_label``.
+    """Losses of one step (0-dim tensors): ``total = itc + weight * multi_label + sum_n w_n * groups[n]``.
 
-    ``multi_label`` is ``None`` when the batch carries no prompts (``K = 0``).
+    ``multi_label`` is ``None`` when the batch carries no prompts (``K = 0``); ``groups`` holds the unweighted
+    value of each enabled group objective (:mod:`groupvit.train.group_objectives`), empty by default.
     """
 
     total: torch.Tensor
     itc: torch.Tensor
     multi_label: torch.Tensor | None
+    groups: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class GroupViTLoss(nn.Module):
@@ -250,13 +269,18 @@ class ContrastiveObjective(nn.Module):
     :class:`LossOutput`. ``K`` must equal ``model.config.multi_label``; the text tower and its
     projection head see all ``B*(1+K)`` texts
     in one batch, as in the official model.
+
+    ``group_objectives`` (``{name: weight}``, see :mod:`groupvit.train.group_objectives`) adds group-level
+    terms, each computed on this rank's batch; ``mix`` runs the image tower a second time, on mixed images.
     """
 
-    def __init__(self, model: GroupViT, multi_label_weight: float = 1.0, multi_label_pooling: str = "image") -> None:
+    def __init__(self, model: GroupViT, multi_label_weight: float = 1.0, multi_label_pooling: str = "image",
+                 group_objectives: Mapping[str, float] | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss = GroupViTLoss(multi_label_weight)
         self.max_group = multi_label_pooling == "max-group"
+        self.group_weights = {n: w for n, w in check_group_objectives(group_objectives or {}).items() if w > 0}
 
     def forward(
         self, images: torch.Tensor, texts: torch.Tensor, prompt_words: torch.Tensor | None = None
@@ -270,13 +294,45 @@ class ContrastiveObjective(nn.Module):
                 f"{tuple(texts.shape)}; set data.multi_label to the model's multi_label"
             )
         groups = None
-        if self.max_group and k > 0:
-            encoding = self.model.encode_image_groups(images, normalize=False)
-            image = F.normalize(_at_least_fp32(encoding.image_embeds), dim=-1)
-            groups = F.normalize(_at_least_fp32(encoding.group_embeds), dim=-1)
-        else:
-            image = F.normalize(_at_least_fp32(self.model.encode_image(images, normalize=False)), dim=-1)
+        encoding = None
+        recording = capture_grouping(self.model.vision) if self.group_weights else contextlib.nullcontext()
+        with recording as capture:
+            if (self.max_group and k > 0) or self.group_weights:
+                encoding = self.model.encode_image_groups(images, normalize=False)
+                image = F.normalize(_at_least_fp32(encoding.image_embeds), dim=-1)
+                if self.max_group and k > 0:
+                    groups = F.normalize(_at_least_fp32(encoding.group_embeds), dim=-1)
+            else:
+                image = F.normalize(_at_least_fp32(self.model.encode_image(images, normalize=False)), dim=-1)
         text = F.normalize(_at_least_fp32(self.model.encode_text(texts, normalize=False)), dim=-1)
         scale = self.model.scale()
         ml_scale = self.model.scale(multi_label=True) if k > 0 else None
-        return self.loss(image, text, scale, ml_scale, prompt_words, groups)
+        out = self.loss(image, text, scale, ml_scale, prompt_words, groups)
+        if not self.group_weights:
+            return out
+        assert encoding is not None
+        terms = self.group_terms(images, encoding, capture.stages, text[:, 0], scale)
+        total = out.total + sum(self.group_weights[name] * value for name, value in terms.items())
+        return LossOutput(total, out.itc, out.multi_label, terms)
+
+    def group_terms(self, images: torch.Tensor, encoding: ImageEncoding, stages: list[StageCapture],
+                    captions: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The unweighted value of each enabled group objective (stage terms averaged over the stages)."""
+        if not encoding.assignments:
+            raise InputError("group objectives need a model with grouping stages (model.vision.num_group_tokens)")
+        terms: dict[str, torch.Tensor] = {}
+        if "affinity" in self.group_weights:
+            chain = chain_soft([a.soft for a in encoding.assignments])
+            terms["affinity"] = affinity_loss(chain, patch_colours(images, encoding.grid))
+        if "anti_copy" in self.group_weights:
+            terms["anti_copy"] = torch.stack([anti_copy_loss(s.queries) for s in stages]).mean()
+        if "prototype" in self.group_weights:
+            terms["prototype"] = torch.stack([prototype_loss(s.tokens, s.segments) for s in stages]).mean()
+        if "mix" in self.group_weights:
+            masks = mix_masks(images.shape[0], encoding.grid, device=images.device)
+            partner = mix_partner(images.shape[0], images.device)
+            mixed = self.model.encode_image_groups(mix_images(images, masks, partner), normalize=False)
+            terms["mix"] = mix_loss(chain_soft([a.soft for a in mixed.assignments]),
+                                    F.normalize(_at_least_fp32(mixed.group_embeds), dim=-1), captions, masks,
+                                    partner, scale)
+        return terms

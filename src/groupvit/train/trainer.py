@@ -171,8 +171,10 @@ class _Window:
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, out: LossOutput, images: int) -> None:
+        """Add one micro-batch: total, itc, multi-label, then the group objectives in ``out.groups`` order."""
         ml = out.multi_label if out.multi_label is not None else torch.zeros_like(out.itc)
-        values = torch.stack([out.total.detach(), out.itc.detach(), ml.detach()]).float()
+        values = torch.stack([out.total.detach(), out.itc.detach(), ml.detach(),
+                              *(v.detach() for v in out.groups.values())]).float()
         self.sums = values if self.sums is None else self.sums + values
         self.micro_batches += 1
         self.images += images
@@ -250,7 +252,8 @@ class Trainer:
         state = TrainState(**ckpt["train_state"]) if ckpt is not None else TrainState()
 
         model = self._build_model(ckpt)
-        objective = ContrastiveObjective(model, t.multi_label_loss_weight, t.multi_label_pooling)
+        objective = ContrastiveObjective(model, t.multi_label_loss_weight, t.multi_label_pooling,
+                                         t.group_objectives)
         wrapped: torch.nn.Module = objective
         if env.world_size > 1:
             wrapped = wrap_ddp(objective, env)
@@ -334,6 +337,7 @@ class Trainer:
                 "grad_norm": grad_norm.item() if grad_norm is not None else None,
                 "images_per_s": images / elapsed,
                 "skipped": int(all_reduce_sum(torch.tensor(skipped, dtype=torch.float64)).item()),
+                **dict(zip(objective.group_weights, means[3:], strict=True)),
             }
             logger.log(record)
             bar.set_postfix(loss=f"{means[0]:.4f}", lr=f"{lr:.2e}", img_s=f"{images / elapsed:.1f}")
