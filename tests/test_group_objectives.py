@@ -194,7 +194,7 @@ def test_bad_group_objectives_are_one_line_errors(value, message):
 def test_training_logs_each_group_objective(tmp_path):
     cfg = TrainConfig.from_dict({
         "model": {"preset": "tiny"},
-        "data": {"sources": [{"type": "random", "length": 8}], "batch_size": 4},
+        "data": {"sources": [{"type": "random", "size": 8}], "batch_size": 4},
         "train": {"epochs": 1, "warmup_epochs": 0, "amp": "none", "device": "cpu", "log_every": 1,
                   "ckpt_every": 0, "output": str(tmp_path), "tensorboard": False, "progress": False,
                   "group_objectives": {"affinity": 1.0, "anti_copy": 1.0}},

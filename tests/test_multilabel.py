@@ -87,6 +87,20 @@ def test_tag_filter_keeps_nouns_and_verbs_with_repeats():
     assert prompt_words(tagged) == ["Dogs", "New", "running", "ran", "run", "runs", "are", "seen", "dog", "dog"]
 
 
+def test_phrases_join_a_noun_with_the_adjectives_before_it():
+    tagged = [("a", "DT"), ("big", "JJ"), ("green", "JJ"), ("star", "NN"), ("and", "CC"), ("red", "JJ"),
+              ("is", "VBZ"), ("cloudy", "JJ"), ("sky", "NN"), ("lower", "JJR"), ("corner", "NN")]
+    assert prompt_words(tagged) == ["star", "is", "sky", "corner"]
+    # Only JJ directly before a noun joins it (JJR does not; a verb takes none).
+    assert prompt_words(tagged, phrases=True) == ["big green star", "is", "cloudy sky", "corner"]
+    tags = {"red": "JJ", "star": "NN", "corner": "NN", "left": "JJ"}
+    tokens = CaptionTokens(2, FakeTagger(tags), stopwords=["corner"], phrases=True)
+    assert tokens.words("a red star left corner") == ["red star"]  # a phrase of a stop-word noun is dropped
+    texts, ids = tokens.with_words("a red star left corner", ScriptedRNG(words=[0], templates=[39]))
+    assert ids.tolist() == [word_id("red star"), -1]
+    assert torch.equal(texts[1], tokenize(["a photo of a red star."])[0])
+
+
 def test_numpy_generator_draws_distinct_words():
     for seed in range(20):
         prompts = build_prompts("c", ["cat", "dog", "car"], 3, ["{}"], np.random.default_rng(seed))

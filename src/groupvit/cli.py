@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "shards": "groupvit.commands.shards",
     "train": "groupvit.commands.train",
     "weights": "groupvit.commands.weights",
+    "groups": "groupvit.commands.groups",
     "app": "groupvit.commands.app",
 }
 

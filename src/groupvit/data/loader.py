@@ -81,6 +81,8 @@ class DataConfig:
         tagger: part-of-speech tagger for the prompts, ``auto``, ``spacy``, ``nltk`` or ``simple``.
         prompt_stopwords: words never turned into prompts (default none, as official), e.g. caption
             boilerplate such as "photo" or "corner" that no image region shows.
+        prompt_phrases: a prompt names a noun with the adjectives right before it ("green star"), an
+            entity-level prompt (default false, as official).
         context_length: tokens per text row (default 77).
         shuffle_buffer: samples held by each stream's shuffle buffer (default 1000; 0 or 1: no shuffling).
         seed: base seed of every random choice (default 0).
@@ -93,6 +95,7 @@ class DataConfig:
     multi_label: int = 0
     tagger: str = "auto"
     prompt_stopwords: list[str] = field(default_factory=list)
+    prompt_phrases: bool = False
     context_length: int = 77
     shuffle_buffer: int = 1000
     seed: int = 0
@@ -179,7 +182,8 @@ class EpochStream(IterableDataset):
         self.num_streams = self.workers * world_size
         self.image_transform = TrainTransform(cfg.image)
         self.text_transform = CaptionTokens(
-            cfg.multi_label, cfg.tagger, "full", cfg.context_length, stopwords=cfg.prompt_stopwords
+            cfg.multi_label, cfg.tagger, "full", cfg.context_length, stopwords=cfg.prompt_stopwords,
+            phrases=cfg.prompt_phrases
         )
         if self.text_transform.tagger is not None:
             # Load the tagger's model here: a missing model fails now, and forked workers inherit it loaded.

@@ -32,9 +32,23 @@ class PromptRNG(Protocol):
     def integers(self, high: int) -> int: ...
 
 
-def prompt_words(tagged: Sequence[tuple[str, str]]) -> list[str]:
-    """Words of ``[(word, tag), ...]`` whose tag is in :data:`PROMPT_TAGS`, in caption order, repeats kept."""
-    return [word for word, tag in tagged if tag in PROMPT_TAGS]
+def prompt_words(tagged: Sequence[tuple[str, str]], phrases: bool = False) -> list[str]:
+    """Words of ``[(word, tag), ...]`` whose tag is in :data:`PROMPT_TAGS`, in caption order, repeats kept.
+
+    With ``phrases`` a noun takes the adjectives (``JJ``) right before it: ``"a green star"`` gives
+    ``"green star"`` instead of ``"star"`` (entity-level prompts; not part of the official recipe).
+    """
+    words = []
+    for i, (word, tag) in enumerate(tagged):
+        if tag not in PROMPT_TAGS:
+            continue
+        if phrases and tag.startswith("NN"):
+            start = i
+            while start > 0 and tagged[start - 1][1] == "JJ":
+                start -= 1
+            word = " ".join(w for w, _ in tagged[start:i + 1])
+        words.append(word)
+    return words
 
 
 def sample_prompts(
@@ -79,7 +93,9 @@ class CaptionTokens:
             (resolved now, so the ``auto`` choice and its warning happen once, where this is built).
         templates: template set name or list (default ``full``, the 80 CLIP templates, as the official code).
         context_length: tokens per row (default 77).
-        stopwords: tagged words never used as prompts (compared in lower case; default none, as official).
+        stopwords: tagged words never used as prompts (compared in lower case; default none, as official);
+            with ``phrases``, a phrase whose noun is a stop-word.
+        phrases: adjective-noun phrases as prompt words (:func:`prompt_words`; default off, as official).
     """
 
     def __init__(
@@ -89,6 +105,7 @@ class CaptionTokens:
         templates: str | Sequence[str] = "full",
         context_length: int = DEFAULT_CONTEXT_LENGTH,
         stopwords: Sequence[str] = (),
+        phrases: bool = False,
     ) -> None:
         if num_prompts < 0:
             raise ConfigError(f"the number of prompts per caption must be >= 0, got {num_prompts}")
@@ -99,11 +116,13 @@ class CaptionTokens:
         self.templates = get_templates(templates)
         self.context_length = context_length
         self.stopwords = frozenset(word.lower() for word in stopwords)
+        self.phrases = phrases
 
     def words(self, caption: str) -> list[str]:
         """The prompt words of ``caption`` (:func:`prompt_words` of its tags, stop-words removed)."""
         assert self.tagger is not None
-        return [word for word in prompt_words(self.tagger(caption)) if word.lower() not in self.stopwords]
+        words = prompt_words(self.tagger(caption), self.phrases)
+        return [word for word in words if word.split(" ")[-1].lower() not in self.stopwords]
 
     def texts(self, caption: str, rng: PromptRNG | None = None) -> list[str]:
         """The ``1 + K`` strings for ``caption`` (``rng`` is needed when K > 0)."""

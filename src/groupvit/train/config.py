@@ -72,6 +72,9 @@ class TrainSection:
     # Group-level objectives beyond the paper, {name: weight} (groupvit.train.group_objectives): affinity,
     # anti_copy, prototype, mix. Empty (official): the loss is the paper's.
     group_objectives: dict[str, float] = field(default_factory=dict)
+    # Stop after this many optimizer steps (the schedule still spans all epochs; a later run with a larger
+    # value or 0 resumes from the checkpoint written there). 0 = train to the end.
+    max_steps: int = 0
     # Periods in optimizer steps; 0 = only at the end of each epoch.
     log_every: int = 10
     ckpt_every: int = 1000
@@ -101,7 +104,7 @@ class TrainSection:
             raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
         if self.accumulation_steps < 0:
             raise ConfigError(f"train.accumulation_steps must be >= 0, got {self.accumulation_steps}")
-        for name in ("log_every", "ckpt_every", "eval_every"):
+        for name in ("log_every", "ckpt_every", "eval_every", "max_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0 (0 = at epoch end only), got {getattr(self, name)}")
 

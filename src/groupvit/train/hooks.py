@@ -12,6 +12,7 @@ import torch
 
 from groupvit.data.benchmarks import voc_layout
 from groupvit.data.images import read_image, read_label_map
+from groupvit.errors import ConfigError
 from groupvit.evaluate.miou import evaluate_segmentation
 from groupvit.model import GroupViT
 from groupvit.segment import Segmenter
@@ -75,5 +76,38 @@ def naming(root: str, prefix: str = "name", limit: int | None = None, short_side
         hits = [b in p for b, p in zip(best, present, strict=True)]
         chance = [len(p) / len(data.class_names) for p in present]
         return {f"{prefix}_top1": 100 * float(np.mean(hits)), f"{prefix}_chance": 100 * float(np.mean(chance))}
+
+    return hook
+
+
+def grouping(root: str | None = None, synthetic: int | None = None, seed: int = 11, prefix: str = "grp",
+             limit: int | None = None, batch_size: int = 32) -> EvalHook:
+    """Grouping health (:mod:`groupvit.evaluate.grouping`) every evaluation: the numbers of ``groupvit groups``.
+
+    Reads a VOC-layout ``root`` with ``classes.json`` (images taken at the model's size), or ``synthetic`` fresh
+    synthetic ``eval-all`` scenes of ``seed`` (exact pixels). Returns per stage ``{prefix}_s{i}_used``,
+    ``_margin`` and ``_copies`` (% of near-copy query pairs), ``{prefix}_final_used``, ``{prefix}_oracle``
+    (patch-level group oracle mIoU %) and ``{prefix}_named`` (% of object groups named right).
+    """
+    from groupvit.evaluate.grouping import grouping_health, labelled_batches, synthetic_batches
+    from groupvit.segment.segmenter import encode_class_names
+
+    if (root is None) == (synthetic is None):
+        raise ConfigError("the grouping hook needs either root or synthetic (a number of scenes)")
+
+    def hook(model: GroupViT, step: int) -> dict[str, float]:
+        size = model.config.vision.image_size
+        if synthetic is not None:
+            from groupvit.data.synthetic import THING_CLASSES
+
+            names: tuple[str, ...] = tuple(THING_CLASSES[1:])
+            batches = synthetic_batches(synthetic, seed, size, batch_size)
+        else:
+            data = voc_layout(root)
+            names = data.class_names if data.background else ()
+            batches = labelled_batches([(s.image, s.label) for s in data.samples[:limit]], size, batch_size)
+        embeds = encode_class_names(model, names) if names else None
+        report = grouping_health(model, batches, len(names) + 1 if names else None, embeds)
+        return report.metrics(prefix)
 
     return hook

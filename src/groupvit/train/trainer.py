@@ -344,8 +344,11 @@ class Trainer:
             result.losses = {"loss": means[0], "itc": means[1], "multi_label": means[2]}
             window = _Window()
 
+        stopping = False
         try:
             for epoch in range(state.epoch, t.epochs):
+                if t.max_steps and state.step >= t.max_steps:
+                    break
                 start = state.batch if epoch == state.epoch else 0
                 if loader is None:
                     with isolated_rng(env.device):
@@ -402,12 +405,17 @@ class Trainer:
                     bar.update(1)
                     if b + 1 == steps_per_epoch * accum:
                         break  # the epoch-end block logs, evaluates and checkpoints
-                    if t.log_every and state.step % t.log_every == 0:
+                    stopping = bool(t.max_steps) and state.step >= t.max_steps
+                    if (t.log_every and state.step % t.log_every == 0) or (stopping and window.micro_batches):
                         log(epoch, b + 1, lr, grad_norm, getattr(loader, "skipped", 0))
                     metrics = evaluate(epoch) if t.eval_every and state.step % t.eval_every == 0 else {}
                     ckpt_due = bool(t.ckpt_every) and state.step % t.ckpt_every == 0
-                    if ckpt_due or manager.is_improvement(metrics, state.best_metric):
+                    if ckpt_due or stopping or manager.is_improvement(metrics, state.best_metric):
                         checkpoint(metrics)
+                    if stopping:
+                        break
+                if stopping:
+                    break  # stopped inside the epoch: its checkpoint holds the data position
 
                 skipped = getattr(loader, "skipped", 0)
                 loader = None
