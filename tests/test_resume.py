@@ -64,13 +64,15 @@ def write_caption_shards(directory: Path, count: int, per_shard: int = 8, size: 
     return str(directory / f"pairs-{{000000..{len(shards) - 1:06d}}}.tar")
 
 
-def blocking_hook(marker: str, at_step: int):
-    """Evaluation hook that, once (no marker file yet), writes ``marker`` at ``at_step`` and hangs."""
+def blocking_hook(marker: str, at_step: int, seconds: float = 600):
+    """Evaluation hook that, once (no marker file yet), writes ``marker`` at ``at_step`` and sleeps ``seconds``."""
 
     def hook(model, step):
         if step == at_step and not Path(marker).exists():
             Path(marker).write_text("blocked")
-            time.sleep(600)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:  # a signal handler's return does not cut a sleep short
+                time.sleep(0.05)
         return {}
 
     return hook
@@ -83,7 +85,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _config(path: Path, shards: str, output: Path, marker: Path) -> Path:
+def _config(path: Path, shards: str, output: Path, marker: Path, seconds: float = 600) -> Path:
     config = {
         "model": {"preset": "tiny", "vision": {"drop_path_rate": 0.1}},
         # 32 samples, 4 per batch, 2 batches per optimizer step: 4 steps per epoch, 8 in all.
@@ -92,7 +94,8 @@ def _config(path: Path, shards: str, output: Path, marker: Path) -> Path:
         "train": {"epochs": 2, "warmup_epochs": 1, "base_lr": 2.0, "warmup_lr": 0.01, "min_lr": 0.1,
                   "accumulation_steps": 2, "amp": "none", "device": "cpu", "log_every": 1, "ckpt_every": 2,
                   "eval_every": 1, "seed": 7, "output": str(output), "tensorboard": False, "progress": False},
-        "evaluate": {"hooks": [{"target": "test_resume:blocking_hook", "marker": str(marker), "at_step": 3}]},
+        "evaluate": {"hooks": [{"target": "test_resume:blocking_hook", "marker": str(marker), "at_step": 3,
+                                "seconds": seconds}]},
     }
     path.write_text(yaml.safe_dump(config))
     return path
@@ -154,6 +157,45 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     # A training checkpoint is also a weights file.
     model = groupvit.load_pretrained(resumed_out / "latest.pt")
     assert torch.equal(model.logit_scale, expected["model"]["logit_scale"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_checkpoints_the_current_step_and_the_resume_is_exact(tmp_path, signum):
+    reference_out, resumed_out = tmp_path / "reference", tmp_path / "resumed"
+    done = tmp_path / "never-block"
+    done.write_text("")
+    marker = tmp_path / "blocked"
+    shards = write_caption_shards(tmp_path / "shards", 32)
+    reference = _train(_config(tmp_path / "reference.yaml", shards, reference_out, done))
+    config = _config(tmp_path / "stopped.yaml", shards, resumed_out, marker, seconds=2)
+    stopped = _train(config)
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert stopped.poll() is None, stopped.communicate()[0]
+        assert time.monotonic() < deadline, "training never reached step 3"
+        time.sleep(0.05)
+    stopped.send_signal(signum)
+    out, _ = stopped.communicate(timeout=300)
+    assert stopped.returncode == 128 + signum, out
+    assert f"stopped by {signal.Signals(signum).name} at step 3" in out and "--resume auto" in out
+    _finish(reference)
+
+    # Checkpoints are due every 2 steps; the signal adds one at step 3, the step it arrived in.
+    state = load_training_checkpoint(resumed_out / "latest.pt")["train_state"]
+    assert state == {"epoch": 0, "batch": 6, "step": 3, "best_metric": None}
+    resumed = _train(config, "--resume", "auto")
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out
+    assert f"resuming from step 3 of 8 ({resumed_out / 'latest.pt'})" in out
+    expected = torch.load(reference_out / "latest.pt", weights_only=True)
+    got = torch.load(resumed_out / "latest.pt", weights_only=True)
+    for name, value in expected["model"].items():
+        assert torch.equal(got["model"][name], value), name
+    assert _records(resumed_out) == _records(reference_out)
+
+    again = _train(config, "--resume", "auto")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and "nothing to do" in out and "at step 8, the run ends at step 8" in out
 
 
 def _save(manager: CheckpointManager, model: groupvit.GroupViT, step: int) -> None:

@@ -6,6 +6,7 @@ Runs in one process, or one process per GPU under ``torchrun --nproc_per_node N 
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "train GroupViT on image-caption data (one process, or one per GPU under torchrun)"
 
@@ -25,12 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from groupvit.train.config import load_config
-    from groupvit.train.trainer import Trainer
+    from groupvit.train.trainer import Trainer, TrainingStopped
 
     overrides = list(args.overrides)
     if args.output is not None:
         overrides.append(f"train.output={args.output}")
-    result = Trainer(load_config(args.config, overrides)).fit(resume=args.resume)
+    try:
+        result = Trainer(load_config(args.config, overrides)).fit(resume=args.resume)
+    except TrainingStopped as stop:
+        if stop.checkpoint is not None:
+            print(f"groupvit train: {stop}; checkpoint {stop.checkpoint}; continue with --resume auto", file=sys.stderr)
+        return 128 + stop.signum
     if result.checkpoint is not None:
         print(f"trained {result.step} steps; checkpoint {result.checkpoint}")
     return 0

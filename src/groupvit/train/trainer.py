@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -149,6 +151,36 @@ def isolated_rng(device: torch.device) -> Iterator[None]:
             torch.cuda.set_rng_state(cuda_state, device)
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """Raised by :meth:`Trainer.fit` after SIGINT or SIGTERM, once the checkpoint of the last finished step is
+    written: ``signum``, ``step`` and ``checkpoint`` (rank 0's ``latest.pt``; None on other ranks)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class _StopRequests:
+    """SIGINT / SIGTERM handlers that only note the signal; the loop checkpoints and stops at the next step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 @dataclass
 class TrainResult:
     """Outcome of :meth:`Trainer.fit`: optimizer steps done, last logged losses, the trained model (bare
@@ -230,17 +262,22 @@ class Trainer:
 
     def fit(self, resume: str | None = None) -> TrainResult:
         """Train to ``train.epochs``; ``resume`` is None (fresh), ``"auto"`` (``latest.pt`` of the output
-        directory when present) or a checkpoint path. Returns a :class:`TrainResult`."""
+        directory when present) or a checkpoint path. Returns a :class:`TrainResult`.
+
+        SIGINT or SIGTERM (main thread) lets the current step finish, writes its checkpoint and raises
+        :class:`TrainingStopped`; ``--resume auto`` then continues exactly there.
+        """
         owns_group = self.env is None
         if self.env is None:
             self.env = init_distributed(self.config.train.device)
         try:
-            return self._fit(resume)
+            with _StopRequests() as stops:
+                return self._fit(resume, stops)
         finally:
             if owns_group:
                 shutdown()
 
-    def _fit(self, resume: str | None) -> TrainResult:
+    def _fit(self, resume: str | None, stops: _StopRequests) -> TrainResult:
         cfg, t, env = self.config, self.config.train, self.env
         assert env is not None
         output = Path(t.output)
@@ -286,13 +323,17 @@ class Trainer:
                 scaler.load_state_dict(ckpt["scaler"])
             self._restore_rng(ckpt)
 
+        total_steps = t.epochs * steps_per_epoch
+        end = min(total_steps, t.max_steps) if t.max_steps else total_steps
+        if env.is_main and ckpt_path is not None:
+            print(f"resuming from step {state.step} of {end} ({ckpt_path})" if state.step < end else
+                  f"nothing to do: {ckpt_path} is at step {state.step}, the run ends at step {end}", file=sys.stderr)
         manager = CheckpointManager(output, cfg.evaluate.best_metric, cfg.evaluate.best_mode)
         if env.is_main:
             manager.remove_stale_temporaries()
         logger = MetricLogger(output, enabled=env.is_main, tensorboard=t.tensorboard)
         if ckpt is not None:
             logger.truncate_after(state.step)
-        total_steps = t.epochs * steps_per_epoch
         bar = tqdm(total=total_steps, initial=min(state.step, total_steps), unit="step", dynamic_ncols=True,
                    disable=not (env.is_main and t.progress), file=sys.stderr)
         image_size = model.config.vision.image_size
@@ -345,6 +386,13 @@ class Trainer:
             window = _Window()
 
         stopping = False
+        def stop_signal() -> int:
+            """The signal to stop for (0: none); ranks agree, so that all of them checkpoint at the same step."""
+            signum = stops.signum or 0
+            if env.world_size > 1 and all_reduce_sum(torch.tensor(float(signum > 0), device=env.device)).item():
+                signum = signum or int(signal.SIGTERM)
+            return signum
+
         try:
             for epoch in range(state.epoch, t.epochs):
                 if t.max_steps and state.step >= t.max_steps:
@@ -410,8 +458,11 @@ class Trainer:
                         log(epoch, b + 1, lr, grad_norm, getattr(loader, "skipped", 0))
                     metrics = evaluate(epoch) if t.eval_every and state.step % t.eval_every == 0 else {}
                     ckpt_due = bool(t.ckpt_every) and state.step % t.ckpt_every == 0
-                    if ckpt_due or stopping or manager.is_improvement(metrics, state.best_metric):
+                    signalled = stop_signal()
+                    if ckpt_due or stopping or signalled or manager.is_improvement(metrics, state.best_metric):
                         checkpoint(metrics)
+                    if signalled:
+                        raise TrainingStopped(signalled, state.step, result.checkpoint)
                     if stopping:
                         break
                 if stopping:
