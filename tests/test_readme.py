@@ -24,8 +24,21 @@ def test_the_readme_has_python_blocks():
     assert python_blocks()
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_readme_python_block_runs(index, tmp_path, monkeypatch):
+def listed_weights() -> list[str]:
+    """The names the API block says ``load_pretrained`` takes: its own and those of its "also ..." comment."""
+    block = python_blocks()[0]
+    first = re.search(r'load_pretrained\("([^"]+)"\)', block)
+    assert first, "the first Python block no longer loads weights by name"
+    also = re.search(r"# also (.*?)(?:, an official)", block, flags=re.S)
+    assert also, "the first Python block no longer lists the other weight names"
+    return [first.group(1), *re.findall(r'"([a-z0-9-]+)"', also.group(1))]
+
+
+def test_the_block_lists_every_named_weight():
+    assert sorted(listed_weights()) == sorted(pretrained.WEIGHTS)
+
+
+def _run_block(source: str, tmp_path: Path, monkeypatch) -> dict:
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("GROUPVIT_CACHE", str(cache))
@@ -36,7 +49,24 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save("photo.jpg")
     namespace: dict = {}
-    exec(compile(python_blocks()[index], f"README.md python block {index}", "exec"), namespace)  # noqa: S102
-    if "result" in namespace:
+    exec(compile(source, "README.md python block", "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks())))
+def test_readme_python_block_runs(index, tmp_path, monkeypatch):
+    source = python_blocks()[index]
+    namespace = _run_block(source, tmp_path, monkeypatch)
+    if "Segmenter(" in source:
+        assert isinstance(namespace["result"].labels, np.ndarray)
         assert namespace["result"].labels.shape == (120, 160)
         assert namespace["images"].shape == (1, 3, 224, 224)
+
+
+@pytest.mark.parametrize("name", listed_weights()[1:])
+def test_the_api_block_runs_with_every_listed_name(name, tmp_path, monkeypatch):
+    block = python_blocks()[0]
+    first = re.search(r'load_pretrained\("([^"]+)"\)', block).group(0)
+    namespace = _run_block(block.replace(first, f'load_pretrained("{name}")', 1), tmp_path, monkeypatch)
+    assert namespace["result"].labels.shape == (120, 160)
+    assert groupvit.load_pretrained(tmp_path / "groupvit.pt").config == namespace["model"].config
