@@ -125,9 +125,14 @@ def test_cli_convert_official_to_hf_and_back(inputs, tmp_path, capsys):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda p: p / "missing.pth", "no such file"),
-        (lambda p: (p / "corrupt.pth").write_bytes(b"PK\x03\x04garbage") and p / "corrupt.pth", "cannot read"),
-        (lambda p: (p / "text.pth").write_text("hello") and p / "text.pth", "cannot read"),
+        (lambda p: p / "missing.pth", r"no such file or directory: .*missing.pth \(weights by name: gcc-yfcc, "),
+        (lambda p: "gcc-yfc", r"unknown weights 'gcc-yfc': not one of the names gcc-yfcc, gcc-redcaps, synthetic-"),
+        (lambda p: (p / "corrupt.pth").write_bytes(b"PK\x03\x04garbage") and p / "corrupt.pth",
+         r"cannot read .*corrupt.pth: a zip archive \(11 bytes\), not a PyTorch checkpoint"),
+        (lambda p: (p / "text.pth").write_text("hello") and p / "text.pth", "a text file .5 bytes., not a PyTorch"),
+        (lambda p: (p / "photo.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256))) and p / "photo.pt",
+         "a PNG image .264 bytes., not a PyTorch checkpoint"),
+        (lambda p: (p / "empty.pt").write_bytes(b"") or p / "empty.pt", "an empty file, not a PyTorch checkpoint"),
         (lambda p: torch.save({"state_dict": {"fc.weight": torch.ones(2)}}, p / "resnet.pth") or p / "resnet.pth",
          "not a GroupViT checkpoint"),
         (lambda p: (p / "dir").mkdir() or p / "dir", "without config.json"),

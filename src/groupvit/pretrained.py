@@ -30,6 +30,8 @@ BUNDLED = "synthetic-small"
 DEFAULT_OFFICIAL = "gcc-yfcc"
 # Background threshold used with the bundled model: the official VOC value.
 DEFAULT_BG_THRESH = 0.95
+# How to use weights without a name: the end of every message about missing named weights.
+USE_A_FILE = "use a local file instead (--weights FILE on segment, eval and demo; load_pretrained(FILE) in Python)"
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.[A-Za-z0-9]+$")
 
 
@@ -100,7 +102,7 @@ def resolve(name: str, progress: bool = True) -> Path:
         return path
     if entry.url is None:
         raise WeightsError(f"the bundled weights {entry.filename} are missing from this installation; reinstall "
-                           "groupvit or pass --weights PATH")
+                           f"groupvit or {USE_A_FILE}")
     download(entry.url, path, entry.sha256_prefix, progress=progress)
     return path
 
@@ -118,7 +120,7 @@ def download(url: str, path: Path, sha256_prefix: str | None, progress: bool = T
             cases ``path`` is left as it was.
     """
     digest, received = hashlib.sha256(), 0
-    manual = f"download {url} elsewhere and place it at {path}, or pass --weights PATH"
+    manual = f"download {url} elsewhere and place it at {path}, or {USE_A_FILE}"
     try:
         with atomic_path(path) as tmp, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None

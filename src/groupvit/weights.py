@@ -71,9 +71,36 @@ def read_torch_file(path: Path) -> Any:
                 raise
             with torch.serialization.safe_globals(_opaque_globals(path)):
                 return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types (KeyError, EOFError, ...) for a bad file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"cannot read {path}: not a readable PyTorch checkpoint ({first})") from None
+    except Exception:  # torch.load raises many types (KeyError, EOFError, ...) for a bad file
+        raise WeightsError(f"cannot read {path}: {describe_file(path)}, not a PyTorch checkpoint; pass a .pt/.pth "
+                           "checkpoint, a Hugging Face directory or a known weights name") from None
+
+
+# Leading bytes of common files that are passed as weights by mistake.
+_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+               (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"PK\x03\x04", "a zip archive"),
+               (b"<", "an HTML or XML page"), (b"{", "a JSON document"))
+
+
+def describe_file(path: Path) -> str:
+    """What a file that is not a checkpoint looks like, for an error message: ``"a PNG image"``, ``"a text file"``."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as err:
+        return f"an unreadable file ({err.strerror or err})"
+    if size == 0:
+        return "an empty file"
+    stripped = head.lstrip()
+    for signature, kind in _SIGNATURES:
+        if stripped.startswith(signature):
+            return f"{kind} ({size:,} bytes)"
+    try:
+        head.decode("utf-8")
+        return f"a text file ({size:,} bytes)"
+    except UnicodeDecodeError:
+        return f"{size:,} bytes of unrecognised data"
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -350,7 +377,10 @@ def load_pretrained(
     elif isinstance(source, str) and _HUB_ID.match(source) and not path.suffix:
         model = _load_hf_dir(_download_from_hub(source))
     else:
-        raise WeightsError(f"no such file or directory: {source}")
+        known = ", ".join(WEIGHTS)
+        if isinstance(source, str) and not any(sep in source for sep in ("/", "\\", ".")):
+            raise WeightsError(f"unknown weights {source!r}: not one of the names {known}, nor a file or directory")
+        raise WeightsError(f"no such file or directory: {source} (weights by name: {known})")
     return model.to(device)
 
 
