@@ -90,6 +90,15 @@ def test_bundled_model_on_a_photo_vocabulary_warns(tmp_path):
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "synthetic-small knows only 64 px synthetic scenes" in warnings[0]
+    assert "(not person, car)" in warnings[0]
+
+
+def test_out_of_domain_warning_marks_a_cut_list(capsys):
+    from groupvit.commands.segment import warn_if_out_of_domain
+
+    warn_if_out_of_domain("synthetic-small", ["person", "car", "tree", "road", "circle"], 64)
+    line = capsys.readouterr().err
+    assert "(not person, car, tree, …)" in line and "road" not in line
 
 
 def test_shards_convert_train_and_weights(tmp_path):

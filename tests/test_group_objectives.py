@@ -204,3 +204,31 @@ def test_training_logs_each_group_objective(tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     assert train and all(0 < r["affinity"] < 10 and 0 <= r["anti_copy"] <= 1 for r in train)
     assert all(r["loss"] > r["itc"] + r["multi_label"] for r in train)
+
+
+def test_group_residual_false_leaves_the_group_token_out_of_its_segment(tmp_path):
+    from groupvit.errors import WeightsError
+    from groupvit.model.grouping import GroupingBlock
+
+    torch.manual_seed(0)
+    with_token = GroupingBlock(16, 2, num_group_token=4, num_output_group=3, gumbel=False)
+    pooled_only = GroupingBlock(16, 2, num_group_token=4, num_output_group=3, gumbel=False, residual=False)
+    pooled_only.load_state_dict(with_token.state_dict())
+    for block in (with_token, pooled_only):  # the channel MLP adds nothing: outputs are the segments themselves
+        torch.nn.init.zeros_(block.mlp_channels.fc2.weight)
+        torch.nn.init.zeros_(block.mlp_channels.fc2.bias)
+    projected = {}
+    attend = with_token.pre_assign_attn.attend
+
+    def record(*inputs):
+        projected["value"] = attend(*inputs)
+        return projected["value"]
+
+    with_token.pre_assign_attn.attend = record
+    x, groups = torch.randn(2, 10, 16), torch.randn(2, 4, 16)
+    (a, _), (b, _) = with_token.eval()(x, groups), pooled_only.eval()(x, groups)
+    assert torch.allclose(a - b, projected["value"], atol=1e-6)
+
+    model = groupvit.create_model("tiny", vision__group_residual=False)
+    with pytest.raises(WeightsError, match="group_residual=false"):
+        model.save_pretrained(tmp_path / "hf")

@@ -54,6 +54,9 @@ class VisionConfig:
     gumbel_tau: float = 1.0
     # Group pooling divides by (assigned count + assign_eps): official value 1.
     assign_eps: float = 1.0
+    # A segment token is its pooled patches plus the group token that pooled them (official). False keeps the
+    # pooled patches only: what a group token read of the whole image does not reach the segment it makes.
+    group_residual: bool = True
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:

@@ -410,6 +410,9 @@ def save_pretrained(model: GroupViT, directory: str | os.PathLike[str]) -> Path:
             f"the Hugging Face format cannot hold a {model.config.vision.stem!r} vision stem (transformers' GroupViT "
             "has a patch embedding only); save this model with save_checkpoint / `groupvit convert SRC DST.pt`"
         )
+    if not model.config.vision.group_residual:
+        raise WeightsError("the Hugging Face format cannot hold vision.group_residual=false (transformers' GroupViT "
+                           "always adds the group tokens to their segments); save this model with save_checkpoint")
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise WeightsError(f"{out} exists and is not a directory; choose another output path")

@@ -168,8 +168,9 @@ def warn_if_out_of_domain(weights: str | None, names: list[str], short_side: int
     size = get_config("synthetic").vision.image_size
     unknown = [name for name in names if name not in (*SHAPES, *BACKGROUNDS)]
     if unknown or short_side != size:
+        listed = ", ".join(unknown[:3]) + (", …" if len(unknown) > 3 else "")
         print(f"groupvit: warning: {BUNDLED} knows only {size} px synthetic scenes of {', '.join(SHAPES)} on "
-              f"{', '.join(BACKGROUNDS)}" + (f" (not {', '.join(unknown[:3])})" if unknown else "")
+              f"{', '.join(BACKGROUNDS)}" + (f" (not {listed})" if unknown else "")
               + "; for photos use --weights gcc-yfcc", file=sys.stderr)
 
 

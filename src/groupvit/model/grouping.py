@@ -93,15 +93,17 @@ class GroupingBlock(nn.Module):
     Official ``GroupingBlock`` (reference §1.6): LayerNorm both inputs; token-mixing MLP
     ``S_in -> S_out`` over the group tokens + LayerNorm; a 6-head cross-attention block with post-norm
     from the projected groups to the image tokens (absent from the paper, present in the released
-    model); the assignment attention; residual with the projected groups; channel MLP residual.
+    model); the assignment attention; residual with the projected groups (``residual=False`` drops it: the
+    segments are then made of their pooled tokens only); channel MLP residual.
     """
 
     def __init__(
         self, dim: int, num_heads: int, num_group_token: int, num_output_group: int,
         mlp_ratio: tuple[float, float] = (0.5, 4.0), hard: bool = True, gumbel: bool = True,
-        gumbel_tau: float = 1.0, assign_eps: float = 1.0, eps: float = 1e-5,
+        gumbel_tau: float = 1.0, assign_eps: float = 1.0, eps: float = 1e-5, residual: bool = True,
     ) -> None:
         super().__init__()
+        self.residual = residual
         tokens_dim, channels_dim = int(mlp_ratio[0] * dim), int(mlp_ratio[1] * dim)
         self.norm_tokens = nn.LayerNorm(dim, eps=eps)
         self.mlp_inter = TokenMlp(num_group_token, tokens_dim, num_output_group)
@@ -126,6 +128,7 @@ class GroupingBlock(nn.Module):
         attn_k, attn_v, assign_k, assign_v = self.token_proj(x).chunk(4, dim=-1)
         projected = self.pre_assign_attn.attend(projected, attn_k, attn_v)
         new_x, assignment = self.assign.assign_projected(projected, assign_k, assign_v)
-        new_x = new_x + projected
+        if self.residual:
+            new_x = new_x + projected
         return new_x + self.mlp_channels(self.norm_new_x(new_x)), assignment
 

@@ -125,7 +125,7 @@ class GroupingStage(nn.Module):
             self.grouping = GroupingBlock(
                 dim, cfg.num_heads[index], self.num_group_tokens, cfg.num_output_groups[index],
                 mlp_ratio=cfg.assign_mlp_ratio, hard=cfg.hard_assignment, gumbel=cfg.gumbel,
-                gumbel_tau=cfg.gumbel_tau, assign_eps=cfg.assign_eps, eps=eps,
+                gumbel_tau=cfg.gumbel_tau, assign_eps=cfg.assign_eps, eps=eps, residual=cfg.group_residual,
             )
 
     def forward(
