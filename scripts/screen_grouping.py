@@ -29,6 +29,7 @@ VARIANTS: dict[str, list[str]] = {
     "affinity+prototype": ["train.group_objectives={affinity: 1.0, prototype: 1.0}"],
     "affinity+mix": ["train.group_objectives={affinity: 1.0, mix: 1.0}"],
     "affinity+phrases": ["train.group_objectives={affinity: 1.0}", "data.prompt_phrases=true"],
+    "affinity+pooled": ["train.group_objectives={affinity: 1.0}", "model.vision.group_residual=false"],
 }
 
 

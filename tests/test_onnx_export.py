@@ -97,8 +97,11 @@ def test_bundled_model_label_maps_identical(bundled_export):
         for ga, gb in zip(a.group_maps, b.group_maps, strict=True):
             np.testing.assert_array_equal(ga, gb)
     int8 = Segmenter(bundled_export, SHAPES, backend="onnxruntime-int8", **settings)(images)
-    agreement = np.mean([np.mean(a.labels == b.labels) for a, b in zip(eager, int8, strict=True)])
-    assert 0.5 < agreement <= 1.0  # an approximation of the same model, not another one
+    same = np.concatenate([(a.labels == b.labels).ravel() for a, b in zip(eager, int8, strict=True)])
+    objects = np.concatenate([(a.labels > 0).ravel() for a in eager])
+    # Measured 92.7 % of all pixels and 75.9 % of the eager model's object pixels (AVX2 host); a graph that
+    # labels everything background would keep 70 % and 0 %.
+    assert same.mean() >= 0.9 and same[objects].mean() >= 0.65
 
 
 def test_export_refuses_unsupported_models(tmp_path):
