@@ -14,7 +14,6 @@ weights (``gcc-yfcc`` preset) on a 448 x 448 image in whole-image mode.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import tempfile
 import time
@@ -31,12 +30,6 @@ from groupvit.data.synthetic import SHAPES, SceneGenerator
 from groupvit.pretrained import BUNDLED
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vocabularies", type=int, default=3, help="class lists per model")
@@ -49,9 +42,8 @@ def main() -> None:
         Image.fromarray(SceneGenerator(image_size=448, seed=0, split="eval-all").sample(0).image).save(large)
         official = groupvit.save_checkpoint(groupvit.create_model("gcc-yfcc"), root / "gcc-yfcc-random.pt")
         app = App(BUNDLED)
-        port = free_port()
-        app.launch(port=port, prevent_thread_lock=True, quiet=True)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        app.launch(port=None, prevent_thread_lock=True, quiet=True)  # the server binds a free port itself
+        client = Client(f"http://127.0.0.1:{app.blocks.server_port}/", verbose=False)
         cases = [("synthetic-small, 64 px scene", BUNDLED, small, list(SHAPES)),
                  ("official architecture, 448² whole image", str(official), large, list(VOC_CLASSES[1:]))]
         rows = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -85,21 +84,14 @@ def test_service_reads_odd_images_and_refuses_bad_ones(tmp_path):
         service.run(None, CLASSES)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served():
     pytest.importorskip("gradio", reason='the page needs Gradio: pip install -e ".[app]"')
     from groupvit.app import App
 
     app = App(BUNDLED)
-    port = free_port()
-    app.launch(port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    app.launch(port=None, prevent_thread_lock=True, quiet=True)  # the server binds a free port itself
+    yield f"http://127.0.0.1:{app.blocks.server_port}/"
     app.blocks.close()
 
 

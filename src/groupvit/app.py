@@ -222,8 +222,12 @@ class App:
         save_png(label_image(result.labels), path)
         return result.overlay, result.groups, result.table, str(path)
 
-    def launch(self, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> Any:
-        """Serve the page (blocking unless ``prevent_thread_lock=True``); system fonts only, errors shown."""
+    def launch(self, host: str = "127.0.0.1", port: int | None = 7860, **kwargs: Any) -> Any:
+        """Serve the page (blocking unless ``prevent_thread_lock=True``); system fonts only, errors shown.
+
+        ``port=None`` takes the first free port from 7860 on, bound by the server itself (no window between
+        finding a port and binding it); ``self.blocks.server_port`` tells which.
+        """
         import gradio as gr
 
         system = ["ui-sans-serif", "system-ui", "sans-serif"]
