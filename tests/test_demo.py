@@ -28,6 +28,17 @@ def test_demo_writes_pictures_and_reports_miou(tmp_path, capsys, background):
             for kind in ("overlay", "truth", "groups"):
                 assert (out / f"{split}_{i:02d}_{kind}.png").is_file()
     assert not (out / "all_02_overlay.png").exists()
+    assert "seed 5 (the same scenes again: groupvit demo --seed 5)" in printed and "earlier run" not in printed
+
+
+def test_demo_prints_its_random_seed_and_says_when_it_replaces_pictures(tmp_path, capsys):
+    torch.manual_seed(0)
+    weights = groupvit.save_checkpoint(groupvit.create_model("tiny"), tmp_path / "tiny.pt")
+    argv = ["demo", "--weights", str(weights), "--out", str(tmp_path / "demo"), "--num", "2", "--show", "1"]
+    assert cli_main(argv) == 0
+    seed = int(re.search(r"seed (\d+) \(the same scenes again: groupvit demo --seed \1\)", capsys.readouterr().out)[1])
+    assert cli_main([*argv, "--seed", str(seed)]) == 0
+    assert f"pictures of an earlier run in {tmp_path / 'demo'} are replaced" in capsys.readouterr().out
 
 
 def test_demo_bad_arguments_exit_2(tmp_path, capsys):

@@ -88,9 +88,13 @@ def run(args: argparse.Namespace) -> int:
     by_name = args.background == "names"
     segmenter, to_things = synthetic_segmenter(model, args.background, bg_thresh, size, args.refine)
     out = Path(args.out)
+    earlier = out.is_dir() and any(out.glob("*_overlay.png"))
     out.mkdir(parents=True, exist_ok=True)
     rule = f"background textures named: {', '.join(BACKGROUNDS)}" if by_name else f"threshold {bg_thresh}"
-    print(f"scenes: seed {seed}, {size}x{size}; vocabulary: {', '.join(SHAPES)} + background ({rule})")
+    print(f"scenes: seed {seed} (the same scenes again: groupvit demo --seed {seed}), {size}x{size}; vocabulary: "
+          f"{', '.join(SHAPES)} + background ({rule})")
+    if earlier:
+        print(f"pictures of an earlier run in {out} are replaced (--out DIR keeps them)")
     palette = voc_palette(len(THING_CLASSES))
     sheet: list[list[np.ndarray]] = []
     for split in ("eval-all", "eval-heldout"):
