@@ -243,3 +243,27 @@ def test_segmentation_hook_reports_the_evaluation_numbers(tmp_path):
     expected = {"seg_miou": report.metrics.miou, "seg_acc": report.metrics.pixel_accuracy,
                 "seg_oracle": report.oracle.miou}
     assert metrics == pytest.approx({key: 100 * value for key, value in expected.items()})
+
+
+def test_an_evaluation_after_fused_optimizer_steps_sees_the_new_weights():
+    # Fused AdamW updates parameters in place without bumping their version counters; the fused
+    # projection cache of an earlier evaluation must not survive into the next one.
+    from groupvit.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = groupvit.create_model("tiny", vision__gumbel=False)
+    images, tokens = torch.randn(2, 3, 32, 32), groupvit.tokenize(["a red square.", "a blue circle."])
+    optimizer = build_optimizer(model, lr=1e-2)
+    model.eval()
+    with torch.no_grad():
+        model.encode_image(images)  # fills the cache
+    model.train()
+    out = model(images, tokens)
+    out.logits_per_image.diagonal().sum().backward()
+    optimizer.step()
+    model.eval()
+    fresh = groupvit.create_model("tiny", vision__gumbel=False)
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(images), fresh.encode_image(images))

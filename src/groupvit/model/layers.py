@@ -14,8 +14,10 @@ class FusedLinear(nn.Module):
 
     ``[..., in] -> [..., sum(out_i)]``, the outputs concatenated in the order of ``layers``. The layers
     keep their own parameters (and state-dict keys); the concatenated weight is rebuilt on every call
-    while gradients are recorded and cached otherwise, the cache following in-place updates of the
-    parameters through their version counters.
+    while gradients are recorded and cached otherwise. The cache follows in-place updates through the
+    parameters' version counters and is dropped whenever the module's mode changes (``train()`` /
+    ``eval()``): fused optimizer steps (AdamW ``fused=True``) update parameters without bumping their version
+    counters, and an evaluation after training steps must not see the weights of an earlier evaluation.
     """
 
     def __init__(self, layers: Sequence[nn.Linear]) -> None:
@@ -44,6 +46,10 @@ class FusedLinear(nn.Module):
         biases = [layer.bias for layer in self._layers]
         bias = None if biases[0] is None else torch.cat(biases)
         return weight, bias
+
+    def train(self, mode: bool = True) -> FusedLinear:
+        self._cache = None
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self._weights()
