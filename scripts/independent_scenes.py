@@ -139,12 +139,13 @@ def main() -> None:
     scenes = [render(size, rng) for _ in range(args.num)]
     if args.save:
         Image.fromarray(np.concatenate([s[0] for s in scenes[:16]], axis=1)).save(args.save)
-    rules = {rule: synthetic_segmenter(model, rule, DEFAULT_BG_THRESH, size) for rule in ("names", "threshold")}
+    rules = {rule: synthetic_segmenter(model, rule, DEFAULT_BG_THRESH, size)
+             for rule in ("names", "threshold", "best-group")}
     for rule, (segmenter, lut) in rules.items():
         iou = IoUAccumulator(len(THING_CLASSES))
         for (_, truth), result in zip(scenes, segmenter([s[0] for s in scenes], groups=False), strict=True):
             iou.update(lut[result.labels], truth)
-        print(f"independent renderer, background by {rule:>9}: mIoU {100 * iou.compute().miou:5.1f} "
+        print(f"independent renderer, background by {rule:>10}: mIoU {100 * iou.compute().miou:5.1f} "
               f"({args.num} scenes, seed {args.seed})")
 
 

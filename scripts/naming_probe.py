@@ -5,6 +5,9 @@ background group (most of its pixels are background), on fresh ``eval-all`` scen
 
 * **prompt winner**: which of the two scores higher on the prompt of the object group's shape
   (``a photo of a {shape}.``); a model that names the right group has the object group win;
+* **confidence**: each group's best official score ``Q`` over the six shapes (what the background rule reads:
+  a group whose best score is below ``min(0.95, the image's best Q)`` becomes background, so with two groups
+  only the more confident one gets a shape name);
 * **global read-out**: the cosine of each group's embedding with the image embedding (a group whose token
   read the whole image before and after assignment resembles the image);
 * **pooled share**: in the last grouping block, the norm of the assignment's pooled output over the norm of
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 import groupvit
 from groupvit.data.images import normalize
 from groupvit.data.synthetic import THING_CLASSES, SceneGenerator
-from groupvit.segment.segmenter import chain_assignments, encode_class_names
+from groupvit.segment.segmenter import chain_assignments, encode_class_names, group_class_scores
 
 
 def main() -> None:
@@ -61,6 +64,8 @@ def main() -> None:
         encoding = model.encode_image_groups(normalize(pixels))
     del block.pre_assign_attn.attend, block.assign.assign_projected
     shapes = encode_class_names(model, THING_CLASSES[1:])  # [6, D]
+    confidence = group_class_scores(encoding.group_embeds.float(), encoding.image_embeds.float(), shapes,
+                                    float(model.scale())).amax(dim=-1)  # [B, G]
     grid = encoding.grid
     chain = chain_assignments([a.soft for a in encoding.assignments])[-1]  # [B, L, G]
     maps = F.interpolate(chain.transpose(1, 2).reshape(len(scenes), -1, *grid), size=(size, size), mode="nearest")
@@ -82,7 +87,9 @@ def main() -> None:
         rows.append([float(scores[obj] > scores[bg]),
                      float(encoding.group_embeds[b, obj].float() @ encoding.image_embeds[b].float()),
                      float(encoding.group_embeds[b, bg].float() @ encoding.image_embeds[b].float()),
-                     float(share[b, obj]), float(share[b, bg])])
+                     float(share[b, obj]), float(share[b, bg]),
+                     float(confidence[b, obj]), float(confidence[b, bg]),
+                     float(confidence[b, bg] > confidence[b, obj])])
         outside = torch.from_numpy(groups[b] != obj)
         fill = pixels[b][:, outside].mean(dim=1)  # the mean colour outside the object group
         image = torch.where(outside[None], fill[:, None, None], pixels[b])
@@ -100,6 +107,8 @@ def main() -> None:
           f"{100 * r[:, 0].mean():.1f} % of them")
     print(f"global read-out: cosine with the image embedding, object group {r[:, 1].mean():.3f}, background group "
           f"{r[:, 2].mean():.3f}")
+    print(f"confidence (best shape score Q): object group {r[:, 5].mean():.3f}, background group {r[:, 6].mean():.3f}; "
+          f"the background group is the more confident (and takes the shape name) in {100 * r[:, 7].mean():.1f} %")
     print(f"pooled share in the last grouping block: object group {r[:, 3].mean():.3f}, background group "
           f"{r[:, 4].mean():.3f}")
     print(f"object pixels alone: the image embedding names the object's shape in {100 * np.mean(alone):.1f} % "

@@ -395,3 +395,29 @@ def test_label_png_and_overlay():
     np.testing.assert_array_equal(np.asarray(with_legend)[:40, :60], out)
     with pytest.raises(InputError, match="no name"):
         overlay(image, labels, ("background", "cat"))
+
+
+def test_best_group_scores_give_the_image_best_classes_to_their_best_groups():
+    from groupvit.segment.segmenter import best_group_scores
+
+    text = torch.eye(3)  # classes along the axes
+    groups = torch.tensor([[[0.9, 0.1, 0.0], [0.2, 0.8, 0.1]]])  # group 0 ~ class 0, group 1 ~ class 1
+    image = torch.tensor([[0.1, 0.7, 0.3]])  # the image ranks class 1, then 2, then 0
+    one = best_group_scores(groups, image, text, classes=1)
+    assert one.tolist() == [[[0, 0, 0], [0, 1, 0]]]  # class 1 -> group 1; group 0 stays background
+    two = best_group_scores(groups, image, text, classes=2)
+    # class 2 prefers group 1 (0.1 > 0.0) but it is taken: it goes to group 0
+    assert two.tolist() == [[[0, 0, 1], [0, 1, 0]]]
+    assert best_group_scores(groups, image, text, classes=5).sum() == 2  # at most one class per group
+
+
+def test_best_group_rule_labels_only_the_best_group():
+    model = groupvit.create_model("tiny").eval()
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    seg = Segmenter(model, ["red", "blue", "green"], mode="whole", short_side=32, background_rule="best-group")
+    result = seg(image)
+    final = result.group_maps[-1]
+    labelled = {int(g) for g in np.unique(final) if (result.labels[final == g] > 0).any()}
+    assert len(labelled) <= 1 and len(np.unique(result.labels)) <= 2
+    with pytest.raises(InputError, match="background_rule must be one of threshold, best-group"):
+        Segmenter(model, ["red"], background_rule="closest")

@@ -173,6 +173,32 @@ def group_class_scores(
     return restricted * probs
 
 
+BACKGROUND_RULES = ("threshold", "best-group")
+
+
+def best_group_scores(
+    group_embeds: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor, classes: int = 1
+) -> torch.Tensor:
+    """Class-to-group scores ``Q [B, G, N]``: the image's best classes each given to the group that matches it best.
+
+    The image embedding ranks the classes; its ``min(classes, N, G)`` best ones, best first, each take the
+    group with the highest cosine to the class among the groups not yet taken, with score 1 there; every
+    other entry is 0, so every group that takes no class is background under :func:`pixel_class_scores`. The
+    inference counterpart of max-group multi-label pooling (each prompt scored against its best group);
+    not the official rule.
+    """
+    batch, groups, _ = group_embeds.shape
+    similarity = group_embeds @ text_embeds.t()  # [B, G, N]
+    ranked = (image_embeds @ text_embeds.t()).argsort(dim=-1, descending=True)  # [B, N]
+    scores = torch.zeros_like(similarity)
+    for b in range(batch):
+        free = torch.ones(groups, dtype=torch.bool, device=scores.device)
+        for c in ranked[b, :min(classes, text_embeds.shape[0], groups)].tolist():
+            g = int(similarity[b, :, c].masked_fill(~free, float("-inf")).argmax())
+            scores[b, g, c], free[g] = 1.0, False
+    return scores
+
+
 def pixel_class_scores(
     group_index: torch.Tensor, scores: torch.Tensor, background: bool, bg_thresh: float
 ) -> torch.Tensor:
@@ -258,6 +284,11 @@ class Segmenter:
             colour edges of the pre-processed image before the arg-max (:mod:`groupvit.segment.refine`).
         backend: ``'torch'``, ``'onnxruntime'`` or ``'onnxruntime-int8'`` (:func:`groupvit.export.with_backend`:
             ``model`` may then also be an export folder or an :class:`~groupvit.export.OnnxGroupViT`).
+        background_rule: with ``background``, how groups become background: ``'threshold'`` (official: a group
+            whose best score is below ``min(bg_thresh, the crop's best score)``) or ``'best-group'`` (the image's
+            ``best_group_classes`` best classes each go to the group that matches them best, every other group is
+            background: :func:`best_group_scores`; scores are then one-hot).
+        best_group_classes: classes given out per crop by ``'best-group'`` (default 1).
     """
 
     def __init__(
@@ -276,6 +307,8 @@ class Segmenter:
         batch_size: int = 4,
         refine: str | None = None,
         backend: str = "torch",
+        background_rule: str = "threshold",
+        best_group_classes: int = 1,
     ) -> None:
         self.class_names = normalize_class_names(class_names)
         if background and any(name.lower() == BACKGROUND for name in self.class_names):
@@ -287,8 +320,10 @@ class Segmenter:
             raise InputError(f"mode must be 'slide' or 'whole', got {mode!r}")
         if not math.isfinite(bg_thresh):
             raise InputError(f"bg_thresh must be a finite number, got {bg_thresh}")
+        if background_rule not in BACKGROUND_RULES:
+            raise InputError(f"background_rule must be one of {', '.join(BACKGROUND_RULES)}, got {background_rule!r}")
         for name, value in (("short_side", short_side), ("max_long_side", max_long_side), ("top_k", top_k),
-                            ("batch_size", batch_size)):
+                            ("batch_size", batch_size), ("best_group_classes", best_group_classes)):
             if int(value) < 1:
                 raise InputError(f"{name} must be a positive integer, got {value}")
         window_grid(window, window, window, stride)  # validates window and stride
@@ -296,6 +331,7 @@ class Segmenter:
         self.model = model = with_backend(model, backend)
         self.background = bool(background)
         self.bg_thresh = float(bg_thresh)
+        self.background_rule, self.best_group_classes = background_rule, int(best_group_classes)
         self.templates = get_templates(templates)
         self.mode = mode
         self.short_side, self.max_long_side = int(short_side), int(max_long_side)
@@ -374,7 +410,11 @@ class Segmenter:
         else:
             final = patch_index_map(encoding.grid, size, group_embeds.device).expand(crops.shape[0], -1, -1)
         scale = float(self.model.scale())
-        q = group_class_scores(group_embeds, encoding.image_embeds.float(), self.text_embeds, scale, self.top_k)
+        image_embeds = encoding.image_embeds.float()
+        if self.background and self.background_rule == "best-group":
+            q = best_group_scores(group_embeds, image_embeds, self.text_embeds, self.best_group_classes)
+        else:
+            q = group_class_scores(group_embeds, image_embeds, self.text_embeds, scale, self.top_k)
         scores = pixel_class_scores(final, q, self.background, self.bg_thresh)
         return CropOutput(scores, maps if groups else [])
 
