@@ -82,6 +82,21 @@ def test_segment_on_two_processes_writes_the_same_files(scenes, tmp_path):
     assert {entry["status"] for entry in lines} == {"written"}
 
 
+def test_a_run_without_skip_existing_records_its_settings_and_a_resume_with_others_is_refused(scenes, tmp_path):
+    common = ["segment", str(images_of(scenes)), "--weights", "synthetic-small", "--mode", "whole",
+              "--short-side", "64", "--batch-size", "4", "--out", str(tmp_path / "out"), "--no-groups"]
+    first = torchrun(1, *common, "--classes", SHAPES)
+    assert first.returncode == 0, first.stderr
+    before = pngs(tmp_path / "out")
+    # Two processes: rank 0 refuses, and every rank leaves (the timeout of torchrun() catches a hang).
+    other = torchrun(2, *common, "--classes", "circle,star", "--skip-existing")
+    assert other.returncode != 0
+    assert f"--skip-existing: {tmp_path / 'out'} was written with other settings (classes)" in other.stderr
+    assert pngs(tmp_path / "out") == before
+    same = torchrun(2, *common, "--classes", SHAPES, "--skip-existing")
+    assert same.returncode == 0 and "0 written, 7 skipped" in same.stderr, same.stderr
+
+
 def test_killed_segment_resumes_without_rewriting(scenes, tmp_path):
     # 30 inputs at 256 px: long enough to be killed part-way.
     folder = tmp_path / "in"

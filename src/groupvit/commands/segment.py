@@ -204,15 +204,16 @@ def _write_outputs(result: SegmentationResult, image: np.ndarray, paths: list[Pa
     return [paths[0], *written]
 
 
-def record_settings(out: Path, settings: dict) -> None:
-    """Record the run's settings in ``out/segment-settings.json``; settings recorded before must match.
+def record_settings(out: Path, settings: dict, keep_existing: bool) -> None:
+    """Record the run's settings in ``out/segment-settings.json`` (every run that writes outputs does).
 
-    Finished outputs are only kept when they were made with the same weights, classes and options.
+    With ``keep_existing`` (``--skip-existing``) settings recorded before must match: finished outputs are
+    only kept when they were made with the same weights, classes and options.
     """
     from groupvit.fileio import atomic_path
 
     path = out / SETTINGS_FILE
-    if path.is_file():
+    if keep_existing and path.is_file():
         try:
             before = json.loads(path.read_text())
         except (OSError, ValueError) as err:
@@ -287,11 +288,19 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         "short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine,
         "groups": not args.no_groups, "backend": args.backend,
     }
-    if args.skip_existing and env.is_main:
+    refusal = None
+    if env.is_main:
         try:
-            record_settings(out, settings)
+            record_settings(out, settings, keep_existing=args.skip_existing)
         except OSError as err:
-            raise InputError(f"cannot write to {out}: {err.strerror or err}") from None
+            refusal = f"cannot write to {out}: {err.strerror or err}"
+        except InputError as err:
+            refusal = str(err)
+    from groupvit.train.distributed import broadcast_object
+
+    refusal = broadcast_object(refusal)  # every rank leaves with rank 0's refusal: none waits in a collective for it
+    if refusal is not None:
+        raise InputError(refusal)
 
     warn_if_out_of_domain(args.weights, names, args.short_side)
     model = load_model(args.weights, args.device, env, args.backend)
