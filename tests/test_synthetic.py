@@ -518,6 +518,36 @@ def test_one_shape_twins_change_one_named_object():
         assert not twin.objects[changed[0]].heldout
 
 
+def _full_mask(obj, size: int) -> np.ndarray:
+    (rows, cols), mask = shape_mask(obj, size)
+    full = np.zeros((size, size), dtype=bool)
+    full[rows, cols] = mask
+    return full
+
+
+@pytest.mark.parametrize("twin_shapes", ["all", "one"])
+def test_a_twins_pixels_and_labels_follow_its_new_shapes(twin_shapes):
+    size = 64
+    gen = SceneGenerator(image_size=size, seed=5, twins=True, twin_shapes=twin_shapes, max_objects=4)
+    for index in range(0, 40, 2):
+        scene, twin = gen.sample(index), gen.sample(index + 1)
+        masks = [_full_mask(obj, size) for obj in twin.objects]
+        for n, obj in enumerate(twin.objects):
+            visible = masks[n] & ~np.any(masks[n + 1:], axis=0) if n + 1 < len(masks) else masks[n]
+            if visible.sum() < 10:
+                continue
+            # The twin's label map names the twin's shape where the object shows ...
+            assert np.mean(twin.labels[visible] == THING_CLASSES.index(obj.shape)) > 0.9
+            # ... and where the shape changed, the twin's pixels are repainted.
+            if obj.shape != scene.objects[n].shape:
+                assert not np.array_equal(twin.labels[visible], scene.labels[visible])
+                changed = visible ^ (_full_mask(scene.objects[n], size) & visible)
+                if changed.sum() >= 10:
+                    assert np.abs(twin.image[changed].astype(int) - scene.image[changed].astype(int)).max() > 0
+        if twin_shapes == "one" and any(o.mentioned and o.area > 0 for o in scene.objects):
+            assert twin.caption != scene.caption  # the changed object is named: the captions tell the pair apart
+
+
 def test_unknown_twin_shapes_is_a_config_error():
     with pytest.raises(ConfigError, match="twin_shapes"):
         SceneGenerator(twins=True, twin_shapes="some")
