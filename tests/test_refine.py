@@ -154,3 +154,47 @@ def test_refine_option_of_the_commands(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["segment", str(image), "--classes", "circle", "--refine", "crf"])
     assert exit_info.value.code == 2 and "invalid choice: 'crf'" in capsys.readouterr().err
+
+
+def test_boundary_counts_add_up_over_images():
+    truth = np.zeros((8, 8), dtype=np.uint8)
+    truth[:, 4:] = 1
+    shifted = np.zeros_like(truth)
+    shifted[:, 5:] = 1
+    counts = BoundaryCounts()
+    counts.update(shifted, truth, tolerance=0)  # (8, 16, 8, 16), see above
+    counts.update(truth.copy(), truth, tolerance=0)  # a perfect map: (16, 16, 16, 16)
+    assert (counts.predicted_matched, counts.predicted, counts.true_matched, counts.true) == (24, 32, 24, 32)
+    assert counts.f_score() == pytest.approx(0.75)
+
+
+def test_segment_and_eval_apply_the_refinement_they_are_given(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from groupvit.cli import main as cli_main
+    from groupvit.data.images import read_label_map
+    from groupvit.data.synthetic import SHAPES, SceneGenerator
+    from groupvit.weights import load_pretrained
+
+    scene = SceneGenerator(image_size=64, seed=4, split="eval-all").sample(0).image
+    Image.fromarray(scene).save(tmp_path / "scene.png")
+    model = load_pretrained("synthetic-small")
+    common = ["--weights", "synthetic-small", "--mode", "whole", "--short-side", "64"]
+    for refine in ("none", "pamr"):
+        assert cli_main(["segment", str(tmp_path / "scene.png"), "--classes", ",".join(SHAPES), *common,
+                         "--refine", refine, "--out", str(tmp_path / refine), "--quiet", "--no-groups"]) == 0
+        expected = Segmenter(model, SHAPES, mode="whole", short_side=64, refine=refine)(scene).labels
+        np.testing.assert_array_equal(read_label_map(tmp_path / refine / "scene_labels.png"), expected)
+    assert cli_main(["synth", "eval", str(tmp_path / "scenes"), "--num", "4", "--size", "64"]) == 0
+    mious = {}
+    for refine in ("none", "pamr"):
+        out = tmp_path / f"eval-{refine}.json"
+        assert cli_main(["eval", "--dataset", "voc-layout", "--root", str(tmp_path / "scenes"), *common,
+                         "--refine", refine, "--out", str(out), "--quiet"]) == 0
+        report = json.loads(out.read_text())
+        assert report["settings"]["refine"] == refine
+        mious[refine] = report["results"]["mIoU"]
+    capsys.readouterr()
+    assert mious["none"] != mious["pamr"]  # the refinement reached the segmenter
