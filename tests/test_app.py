@@ -60,6 +60,13 @@ def test_service_segments_like_the_segmenter_and_caches(scene_file):
     assert service.segmenter(BUNDLED, CLASSES, True, 0.95, "whole", "none") is first  # embeddings reused
 
 
+# The service's own message for each bad upload (bad_uploads), as the page and its API must pass them on.
+UPLOAD_ERRORS = {
+    "not an image": "is not an image file Pillow can read", "truncated": "is truncated or corrupt",
+    "1x1": "the image is 1x1 pixels; upload one of at least 8",
+}
+
+
 def test_service_reads_odd_images_and_refuses_bad_ones(tmp_path):
     service = SegmentationService()
     rgba = tmp_path / "rgba.png"
@@ -71,12 +78,8 @@ def test_service_reads_odd_images_and_refuses_bad_ones(tmp_path):
     assert service.run(str(rgba), CLASSES).labels.shape == (40, 50)
     assert service.run(str(deep), CLASSES).labels.shape == (40, 50)
     assert service.run(str(big), CLASSES).labels.shape == (448, 597)  # resized to the protocol's short side first
-    messages = {
-        "not an image": "is not an image file Pillow can read", "truncated": "is truncated or corrupt",
-        "1x1": "the image is 1x1 pixels; upload one of at least 8",
-    }
     for name, path in bad_uploads(tmp_path / "bad").items():
-        with pytest.raises(InputError, match=messages[name]):
+        with pytest.raises(InputError, match=UPLOAD_ERRORS[name]):
             service.run(str(path), CLASSES)
     with pytest.raises(InputError, match="class list is empty"):
         service.run(str(rgba), " ")
@@ -111,8 +114,9 @@ def test_api_returns_the_segmenter_labels_and_survives_bad_uploads(served, scene
     for name, path in bad_uploads(tmp_path).items():
         with pytest.raises(Exception) as info:
             segment(path)
-        assert str(info.value).strip(), f"no message for the {name} upload"
-        assert "\n" not in str(info.value).strip(), f"more than one line for the {name} upload"
+        message = str(info.value).strip()
+        assert "\n" not in message, f"more than one line for the {name} upload"
+        assert UPLOAD_ERRORS[name] in message, f"the {name} upload got {message!r}, not the service's message"
         # The server keeps serving.
         np.testing.assert_array_equal(read_label_map(segment(scene_file)[3]), expected_labels(scene_file))
 
