@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 import groupvit
 from groupvit import pretrained
+from groupvit.cli import COMMANDS, build_parser, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -70,3 +72,34 @@ def test_the_api_block_runs_with_every_listed_name(name, tmp_path, monkeypatch):
     namespace = _run_block(block.replace(first, f'load_pretrained("{name}")', 1), tmp_path, monkeypatch)
     assert namespace["result"].labels.shape == (120, 160)
     assert groupvit.load_pretrained(tmp_path / "groupvit.pt").config == namespace["model"].config
+
+
+def _bash_commands() -> list[list[str]]:
+    """Every ``groupvit ...`` command of the README's bash blocks, as argv (continuations joined, comments,
+    ``&&`` chains and ``[optional]`` parts split off)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+        text = block.replace("\\\n", " ")
+        for line in text.splitlines():
+            for part in line.split("#")[0].split("&&"):
+                part = re.sub(r"\[[^\]]*\]", "", part.replace("$(which groupvit)", "groupvit"))
+                if "groupvit " in part and "pip install" not in part:
+                    commands.append(shlex.split(part[part.index("groupvit ") + len("groupvit "):]))
+    return commands
+
+
+def test_the_command_table_lists_every_command():
+    listed = set(re.findall(r"^\| `groupvit ([a-z]+)", README.read_text(), flags=re.M))
+    assert listed == set(COMMANDS)
+
+
+@pytest.mark.parametrize("argv", _bash_commands(), ids=lambda argv: " ".join(argv[:2]))
+def test_every_readme_command_parses(argv):
+    build_parser().parse_args(argv)  # an unknown option or command exits with status 2
+
+
+def test_the_readme_weights_command_runs(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("GROUPVIT_CACHE", str(tmp_path))
+    assert main(["weights"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in pretrained.WEIGHTS)
