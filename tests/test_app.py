@@ -162,3 +162,25 @@ def test_page_in_a_real_browser(served, scene_file, tmp_path):
         print(f"screenshot: {shot}")
     finally:
         driver.quit()
+
+
+def test_the_console_gets_one_line_per_refused_request_and_no_banner(tmp_path, capfd):
+    pytest.importorskip("gradio", reason='the page needs Gradio: pip install -e ".[app]"')
+    from gradio_client import Client, handle_file
+
+    from groupvit.app import App
+
+    app = App(BUNDLED)
+    app.launch(port=None, prevent_thread_lock=True)
+    try:
+        client = Client(f"http://127.0.0.1:{app.blocks.server_port}/", verbose=False)
+        path = bad_uploads(tmp_path)["not an image"]
+        with pytest.raises(Exception, match="is not an image file Pillow can read"):
+            client.predict(handle_file(str(path)), CLASSES, BUNDLED, True, 0.95, "whole", "none", api_name="/segment")
+    finally:
+        app.blocks.close()
+    out, err = capfd.readouterr()
+    assert f"groupvit app: serving {app.blocks.local_url}" in out and "share=True" not in out + err
+    refused = [line for line in err.splitlines() if "groupvit app: refused a request" in line]
+    assert len(refused) == 1 and "is not an image file Pillow can read" in refused[0]
+    assert "Traceback" not in err

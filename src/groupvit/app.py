@@ -9,6 +9,7 @@ pictures and a table. The page works offline: no analytics, no web fonts, nothin
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -217,7 +218,9 @@ class App:
         try:
             result = self.service.run(image, classes, weights, background, bg_thresh, mode, refine)
         except GroupViTError as err:
-            raise gr.Error(str(err)) from None
+            # The visitor sees the message in the page; the console gets one line, not a traceback.
+            print(f"groupvit app: refused a request: {err}", file=sys.stderr, flush=True)
+            raise gr.Error(str(err), print_exception=False) from None
         path = Path(tempfile.mkdtemp(dir=self.files)) / "labels.png"
         save_png(label_image(result.labels), path)
         return result.overlay, result.groups, result.table, str(path)
@@ -232,5 +235,13 @@ class App:
 
         system = ["ui-sans-serif", "system-ui", "sans-serif"]
         theme = gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
-        return self.blocks.launch(server_name=host, server_port=port, theme=theme, show_error=True, ssr_mode=False,
-                                  allowed_paths=[str(self.files)], footer_links=[], **kwargs)
+        announce = not kwargs.pop("quiet", False)
+        result = self.blocks.launch(server_name=host, server_port=port, theme=theme, show_error=True, ssr_mode=False,
+                                    allowed_paths=[str(self.files)], footer_links=[], quiet=True,
+                                    prevent_thread_lock=True, **{k: v for k, v in kwargs.items()
+                                                                 if k != "prevent_thread_lock"})
+        if announce:  # one line of our own instead of Gradio's banner and its public-link hint
+            print(f"groupvit app: serving {self.blocks.local_url} (Ctrl-C stops)", flush=True)
+        if not kwargs.get("prevent_thread_lock"):
+            self.blocks.block_thread()
+        return result
