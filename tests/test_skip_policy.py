@@ -25,15 +25,20 @@ def test_passes():
 """
 
 
-@pytest.mark.parametrize("ci", [True, False])
-def test_a_module_skipped_at_import_fails_only_under_ci(pytester, monkeypatch, ci):
+def _run(pytester, monkeypatch, ci: bool, **modules: str):
+    """Run pytest in a fresh folder with this project's conftest and ``modules``, under CI or not."""
     pytester.makeconftest(CONFTEST.replace('pytest_plugins = ["pytester"]', ""))
-    pytester.makepyfile(test_optional=SKIP_AT_IMPORT)
+    pytester.makepyfile(**modules)
     if ci:
         monkeypatch.setenv("CI", "1")
     else:
         monkeypatch.delenv("CI", raising=False)
-    result = pytester.runpytest_subprocess("-rs")
+    return pytester.runpytest_subprocess("-rs")
+
+
+@pytest.mark.parametrize("ci", [True, False])
+def test_a_module_skipped_at_import_fails_only_under_ci(pytester, monkeypatch, ci):
+    result = _run(pytester, monkeypatch, ci, test_optional=SKIP_AT_IMPORT)
     if ci:
         assert result.ret != 0
         result.stdout.fnmatch_lines(["*skipped at import under CI*no_such_module_for_the_skip_policy*"])
@@ -44,13 +49,7 @@ def test_a_module_skipped_at_import_fails_only_under_ci(pytester, monkeypatch, c
 
 @pytest.mark.parametrize("ci", [True, False])
 def test_a_skip_while_running_fails_only_under_ci(pytester, monkeypatch, ci):
-    pytester.makeconftest(CONFTEST.replace('pytest_plugins = ["pytester"]', ""))
-    pytester.makepyfile(test_runtime=SKIP_WHILE_RUNNING)
-    if ci:
-        monkeypatch.setenv("CI", "1")
-    else:
-        monkeypatch.delenv("CI", raising=False)
-    result = pytester.runpytest_subprocess()
+    result = _run(pytester, monkeypatch, ci, test_runtime=SKIP_WHILE_RUNNING)
     if ci:
         result.assert_outcomes(passed=1, failed=1)
     else:
