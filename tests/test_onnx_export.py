@@ -41,7 +41,7 @@ def _random_model(preset: str) -> groupvit.GroupViT:
     return model
 
 
-@pytest.fixture(scope="module", params=["small", "gcc-yfcc"])
+@pytest.fixture(scope="module", params=["small", "gcc-yfcc", "synthetic"])  # synthetic: the conv stem
 def exported(request, tmp_path_factory):
     model = _random_model(request.param)
     folder = tmp_path_factory.mktemp(f"onnx-{request.param}")
@@ -130,6 +130,39 @@ def test_runtime_errors(tmp_path, bundled_export):
         Segmenter(runtime, SHAPES, backend="tensorrt")
     with pytest.raises(InputError, match="onnxruntime"):
         Segmenter(runtime, SHAPES)
+
+
+def test_slide_mode_on_onnxruntime_gives_the_eager_labels(bundled_export):
+    scenes = [SceneGenerator(image_size=96, seed=8, split="eval-all").sample(i).image for i in range(3)]
+    settings = {"mode": "slide", "short_side": 96, "window": 64, "stride": 32}  # 4 overlapping windows each
+    eager = Segmenter(load_pretrained("synthetic-small"), SHAPES, **settings)(scenes)
+    onnx = Segmenter(bundled_export, SHAPES, backend="onnxruntime", **settings)(scenes)
+    for a, b in zip(eager, onnx, strict=True):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-4)
+
+
+def test_named_weights_on_onnxruntime_export_on_the_fly_for_segment_and_eval(tmp_path, capsys):
+    scene = SceneGenerator(image_size=64, seed=6, split="eval-all").sample(0)
+    from PIL import Image
+
+    Image.fromarray(scene.image).save(tmp_path / "scene.png")
+    common = [str(tmp_path / "scene.png"), "--classes", ",".join(SHAPES), "--mode", "whole", "--short-side", "64",
+              "--weights", "synthetic-small", "--no-groups"]
+    assert cli_main(["segment", *common, "--out", str(tmp_path / "torch")]) == 0
+    assert cli_main(["segment", *common, "--backend", "onnxruntime", "--out", str(tmp_path / "onnx")]) == 0
+    labels = [(tmp_path / backend / "scene_labels.png").read_bytes() for backend in ("torch", "onnx")]
+    assert labels[0] == labels[1]
+    assert cli_main(["synth", "eval", str(tmp_path / "scenes"), "--num", "4", "--size", "64"]) == 0
+    results = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / f"{backend}.json"
+        assert cli_main(["eval", "--dataset", "voc-layout", "--root", str(tmp_path / "scenes"), "--weights",
+                         "synthetic-small", "--mode", "whole", "--short-side", "64", "--backend", backend,
+                         "--out", str(out), "--quiet"]) == 0
+        results[backend] = json.loads(out.read_text())["results"]
+    capsys.readouterr()
+    assert results["onnxruntime"]["mIoU"] == pytest.approx(results["torch"]["mIoU"], abs=1e-6)
 
 
 def test_cli_export_and_segment_on_onnxruntime(tmp_path, capsys, bundled_export):
