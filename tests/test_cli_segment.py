@@ -41,7 +41,8 @@ def test_outputs_are_named_after_the_inputs(tmp_path, weights, capsys):
     status = groupvit.cli.main(["segment", str(tmp_path / "street.jpg"), "--classes", "cat,dog,grass",
                                 "--weights", str(weights), "--out", str(out), "--mode", "whole"])
     assert status == 0
-    assert sorted(p.name for p in out.iterdir()) == ["street_groups.png", "street_labels.png", "street_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["segment-settings.json", "street_groups.png", "street_labels.png",
+                                                     "street_overlay.png"]  # the settings: for a later resume
     labels = Image.open(out / "street_labels.png")
     assert labels.mode == "P" and labels.size == (40, 30)
     assert np.asarray(labels).max() <= 3
