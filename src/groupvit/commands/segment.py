@@ -14,11 +14,10 @@ shows one progress bar; per-image lines and skip messages are written through it
 atomically, the label map last.
 
 Bulk runs: ``--skip-existing`` leaves out inputs whose outputs all exist, so a killed run restarts where
-it stopped without rewriting anything. It also records the run in ``--out``: ``segment-settings.json``
-(weights, classes and options; a later ``--skip-existing`` run with other settings is refused, since
-outputs made with other classes or thresholds carry the same names) and ``manifest.jsonl`` (one line per
-input and run: written, skipped or failed). It is off by default, and then nothing but the images'
-outputs is written. Under ``torchrun
+it stopped without rewriting anything, and keeps ``manifest.jsonl`` in ``--out`` (one line per input and
+run: written, skipped or failed). Every run records its settings in ``segment-settings.json`` (weights,
+classes and options); a later ``--skip-existing`` run with other settings is refused, since outputs made
+with other classes or thresholds carry the same names. Under ``torchrun
 --nproc-per-node N groupvit segment ...`` each process takes a slice of the inputs (the same slices on
 every run), rank 0 shows one bar counting all of them, and the exit status is that of the whole run.
 
