@@ -65,7 +65,7 @@ def main() -> None:
     del block.pre_assign_attn.attend, block.assign.assign_projected
     shapes = encode_class_names(model, THING_CLASSES[1:])  # [6, D]
     confidence = group_class_scores(encoding.group_embeds.float(), encoding.image_embeds.float(), shapes,
-                                    float(model.scale())).amax(dim=-1)  # [B, G]
+                                    float(model.scale().detach())).amax(dim=-1)  # [B, G]
     grid = encoding.grid
     chain = chain_assignments([a.soft for a in encoding.assignments])[-1]  # [B, L, G]
     maps = F.interpolate(chain.transpose(1, 2).reshape(len(scenes), -1, *grid), size=(size, size), mode="nearest")
