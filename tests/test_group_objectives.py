@@ -11,12 +11,11 @@ from test_losses import _tiny_batch
 
 import groupvit
 from groupvit.errors import ConfigError
+from groupvit.model.grouping import capture_grouping, chain_assignments
 from groupvit.train.config import TrainConfig
 from groupvit.train.group_objectives import (
     affinity_loss,
     anti_copy_loss,
-    capture_grouping,
-    chain_soft,
     colour_affinity,
     greedy_match,
     kmeans,
@@ -73,10 +72,10 @@ def test_patch_colours_are_patch_means_in_row_major_order():
     assert colours[0, 1, 0].item() == images[0, 0, :2, 2:].mean().item()
 
 
-def test_chain_soft_multiplies_the_stages():
+def test_the_final_chain_multiplies_the_stages():
     s1 = torch.tensor([[[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]])  # 2 groups over 3 patches
     s2 = torch.tensor([[[0.25, 1.0]]])  # 1 group over the 2
-    assert torch.allclose(chain_soft([s1, s2]), torch.tensor([[[0.25], [1.0], [0.625]]]))
+    assert torch.allclose(chain_assignments([s1, s2])[-1], torch.tensor([[[0.25], [1.0], [0.625]]]))
 
 
 def test_anti_copy_hand_worked():

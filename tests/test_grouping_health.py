@@ -38,7 +38,9 @@ class _Stub(torch.nn.Module):
     def __init__(self, soft: torch.Tensor, queries: torch.Tensor) -> None:
         super().__init__()
         self.q_proj = torch.nn.Identity()  # the recorder hooks it, as it hooks the real assignment queries
-        stage = SimpleNamespace(grouping=SimpleNamespace(assign=SimpleNamespace(q_proj=self.q_proj)))
+        block = torch.nn.Module()  # stands for the grouping block (hooked too, never called here)
+        block.assign = SimpleNamespace(q_proj=self.q_proj)
+        stage = SimpleNamespace(grouping=block)
         self.vision = SimpleNamespace(stages=[stage])
         self.config = SimpleNamespace(vision=SimpleNamespace(num_output_groups=(soft.shape[1],)))
         self.soft, self.queries = soft, queries

@@ -236,12 +236,12 @@ class App:
         system = ["ui-sans-serif", "system-ui", "sans-serif"]
         theme = gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
         announce = not kwargs.pop("quiet", False)
+        block = not kwargs.pop("prevent_thread_lock", False)
         result = self.blocks.launch(server_name=host, server_port=port, theme=theme, show_error=True, ssr_mode=False,
                                     allowed_paths=[str(self.files)], footer_links=[], quiet=True,
-                                    prevent_thread_lock=True, **{k: v for k, v in kwargs.items()
-                                                                 if k != "prevent_thread_lock"})
+                                    prevent_thread_lock=True, **kwargs)
         if announce:  # one line of our own instead of Gradio's banner and its public-link hint
             print(f"groupvit app: serving {self.blocks.local_url} (Ctrl-C stops)", flush=True)
-        if not kwargs.get("prevent_thread_lock"):
+        if block:
             self.blocks.block_thread()
         return result

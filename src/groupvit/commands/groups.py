@@ -37,10 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from groupvit.data.benchmarks import voc_layout
-    from groupvit.evaluate.grouping import grouping_health, labelled_batches, synthetic_batches
+    from groupvit.evaluate.grouping import grouping_health, labelled_batches, synthetic_health, voc_layout_health
     from groupvit.segment.inputs import collect_inputs
-    from groupvit.segment.segmenter import encode_class_names
     from groupvit.weights import load_pretrained
 
     if args.limit is not None and args.limit < 1:
@@ -51,32 +49,20 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give image PATHs or --synthetic N, not both and not neither")
     if args.synthetic is not None and args.synthetic < 1:
         raise InputError(f"--synthetic must be at least 1, got {args.synthetic}")
-    if args.synthetic is not None:
-        from groupvit.data.synthetic import THING_CLASSES
-
-        model = load_pretrained(args.weights).eval()
-        size = model.config.vision.image_size
-        batches = synthetic_batches(args.synthetic, args.seed, size, args.batch_size)
-        report = grouping_health(model, batches, len(THING_CLASSES), encode_class_names(model, THING_CLASSES[1:]))
-        return _print(report, args)
-    root = Path(args.paths[0])
-    labelled = len(args.paths) == 1 and (root / "classes.json").is_file()
-    class_names: tuple[str, ...] = ()
-    background = False
-    if labelled:
-        data = voc_layout(root)
-        items: list[tuple[Path, Path | None]] = [(s.image, s.label) for s in data.samples]
-        class_names, background = data.class_names, data.background
-    else:
-        items = [(item.path, None) for item in collect_inputs(args.paths) if item.member is None]
+    root = Path(args.paths[0]) if args.paths else None
+    labelled = root is not None and len(args.paths) == 1 and (root / "classes.json").is_file()
+    items: list[tuple[Path, Path | None]] = []
+    if args.synthetic is None and not labelled:
+        items = [(item.path, None) for item in collect_inputs(args.paths) if item.member is None][:args.limit]
         if not items:
             raise InputError("groups reads image files and folders; unpack shards first")
-    items = items[:args.limit]
     model = load_pretrained(args.weights).eval()
-    size = model.config.vision.image_size
-    num_classes = len(class_names) + int(background) if labelled else None
-    embeds = encode_class_names(model, class_names) if labelled and background else None
-    report = grouping_health(model, labelled_batches(items, size, args.batch_size), num_classes, embeds)
+    if args.synthetic is not None:
+        report = synthetic_health(model, args.synthetic, args.seed, args.batch_size)
+    elif labelled:
+        report = voc_layout_health(model, root, args.limit, args.batch_size)
+    else:
+        report = grouping_health(model, labelled_batches(items, model.config.vision.image_size, args.batch_size))
     return _print(report, args)
 
 

@@ -30,6 +30,7 @@ from groupvit.data.synthetic import SceneGenerator
 from groupvit.data.transforms import center_crop, resize_short_side
 from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
 from groupvit.model import GroupViT
+from groupvit.model.grouping import capture_grouping, chain_assignments
 
 # Thresholds of the verdict (see :func:`verdict`).
 FLAT_MARGIN = 0.05  # a stage whose mean assignment margin is below this does not group
@@ -112,22 +113,6 @@ def verdict(stages: Sequence[StageHealth], final_used: float) -> str:
     return f"grouping ({final_used:.2f} final groups per image)"
 
 
-class _QueryRecorder:
-    """Forward hooks on each stage's assignment ``q_proj``: the queries ``[B, S, C]`` of the last forward."""
-
-    def __init__(self, model: GroupViT) -> None:
-        self.queries: list[torch.Tensor] = []
-        self.handles = [stage.grouping.assign.q_proj.register_forward_hook(self._record)
-                        for stage in model.vision.stages if stage.grouping is not None]
-
-    def _record(self, _module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        self.queries.append(output.detach().float())
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
 def grouping_health(
     model: GroupViT, batches: Iterable[tuple[torch.Tensor, list[np.ndarray] | None]],
     num_classes: int | None = None, class_embeds: torch.Tensor | None = None,
@@ -141,59 +126,52 @@ def grouping_health(
         class_embeds: ``[num_classes - 1, D]`` L2-normalised text embeddings of the non-background classes;
             adds "object groups named right".
     """
-    from groupvit.segment.segmenter import chain_assignments
-
     sums: list[np.ndarray] = []
     final_used: list[float] = []
     named: list[bool] = []
     oracle = IoUAccumulator(num_classes) if num_classes else None
     images_seen = 0
-    recorder = _QueryRecorder(model)
-    try:
-        for images, labels in batches:
-            recorder.queries.clear()
-            with torch.no_grad():
-                encoding = model.encode_image_groups(images)
-            images_seen += images.shape[0]
-            for stage, (assignment, queries) in enumerate(zip(encoding.assignments, recorder.queries, strict=True)):
-                soft = assignment.soft.float()  # [B, S, L]
-                groups = soft.shape[1]
-                used = torch.tensor([len(torch.unique(row)) for row in soft.argmax(dim=1)], dtype=torch.float32)
-                entropy = -(soft.clamp_min(1e-9).log() * soft).sum(dim=1).mean(dim=1)  # [B]
-                margin = ((soft.amax(dim=1) - 1 / groups) / (1 - 1 / groups)).mean(dim=1)  # [B]
-                q = F.normalize(queries, dim=-1)
-                cosine = (q @ q.transpose(1, 2))[:, ~torch.eye(groups, dtype=torch.bool)]  # [B, S*(S-1)]
-                rows = torch.stack([used, entropy, margin, cosine.mean(dim=1), (cosine > COPY_COSINE).float().mean(1)],
-                                   dim=1).sum(dim=0).numpy()
-                if len(sums) <= stage:
-                    sums.append(np.zeros(5))
-                sums[stage] += rows
-            if not encoding.assignments:
+    for images, labels in batches:
+        with torch.no_grad(), capture_grouping(model.vision) as capture:
+            encoding = model.encode_image_groups(images)
+        images_seen += images.shape[0]
+        for stage, (assignment, record) in enumerate(zip(encoding.assignments, capture.stages, strict=True)):
+            soft = assignment.soft.float()  # [B, S, L]
+            groups = soft.shape[1]
+            used = torch.tensor([len(torch.unique(row)) for row in soft.argmax(dim=1)], dtype=torch.float32)
+            entropy = -(soft.clamp_min(1e-9).log() * soft).sum(dim=1).mean(dim=1)  # [B]
+            margin = ((soft.amax(dim=1) - 1 / groups) / (1 - 1 / groups)).mean(dim=1)  # [B]
+            q = F.normalize(record.queries.float(), dim=-1)
+            cosine = (q @ q.transpose(1, 2))[:, ~torch.eye(groups, dtype=torch.bool)]  # [B, S*(S-1)]
+            rows = torch.stack([used, entropy, margin, cosine.mean(dim=1), (cosine > COPY_COSINE).float().mean(1)],
+                               dim=1).sum(dim=0).numpy()
+            if len(sums) <= stage:
+                sums.append(np.zeros(5))
+            sums[stage] += rows
+        if not encoding.assignments:
+            continue
+        chain = chain_assignments([a.soft for a in encoding.assignments])[-1]  # [B, L, G]
+        final = chain.argmax(dim=2)  # [B, L]
+        final_used += [float(len(torch.unique(row))) for row in final]
+        if labels is None or oracle is None:
+            continue
+        grid = encoding.grid
+        maps = final.reshape(-1, 1, *grid).float()
+        best = None
+        if class_embeds is not None:
+            best = (encoding.group_embeds.float() @ class_embeds.float().t()).argmax(dim=-1)  # [B, G]
+        for b, label in enumerate(labels):
+            group_map = F.interpolate(maps[b:b + 1], size=label.shape, mode="nearest")[0, 0].long().numpy()
+            oracle.update(group_oracle_labels(group_map, label), label)
+            if best is None:
                 continue
-            chain = chain_assignments([a.soft for a in encoding.assignments])[-1]  # [B, L, G]
-            final = chain.argmax(dim=2)  # [B, L]
-            final_used += [float(len(torch.unique(row))) for row in final]
-            if labels is None or oracle is None:
-                continue
-            grid = encoding.grid
-            maps = final.reshape(-1, 1, *grid).float()
-            best = None
-            if class_embeds is not None:
-                best = (encoding.group_embeds.float() @ class_embeds.float().t()).argmax(dim=-1)  # [B, G]
-            for b, label in enumerate(labels):
-                group_map = F.interpolate(maps[b:b + 1], size=label.shape, mode="nearest")[0, 0].long().numpy()
-                oracle.update(group_oracle_labels(group_map, label), label)
-                if best is None:
+            for group in np.unique(group_map):
+                pixels = label[(group_map == group) & (label != 255)]
+                if pixels.size == 0:
                     continue
-                for group in np.unique(group_map):
-                    pixels = label[(group_map == group) & (label != 255)]
-                    if pixels.size == 0:
-                        continue
-                    majority = np.bincount(pixels, minlength=num_classes).argmax()
-                    if majority > 0:
-                        named.append(int(best[b, group]) + 1 == int(majority))
-    finally:
-        recorder.close()
+                majority = np.bincount(pixels, minlength=num_classes).argmax()
+                if majority > 0:
+                    named.append(int(best[b, group]) + 1 == int(majority))
     return _report(model, sums, images_seen, final_used, oracle, named)
 
 
@@ -241,3 +219,26 @@ def synthetic_batches(num: int, seed: int, size: int, batch_size: int,
         scenes = [generator.sample(i) for i in range(start, min(num, start + batch_size))]
         images = torch.stack([normalize(torch.from_numpy(s.image).permute(2, 0, 1).float()) for s in scenes])
         yield images, [s.labels.astype(np.int64) for s in scenes]
+
+
+def synthetic_health(model: GroupViT, num: int, seed: int = 11, batch_size: int = 32) -> GroupingReport:
+    """:func:`grouping_health` on ``num`` fresh synthetic ``eval-all`` scenes of ``seed``, with oracle and naming."""
+    from groupvit.data.synthetic import THING_CLASSES
+    from groupvit.segment.segmenter import encode_class_names
+
+    batches = synthetic_batches(num, seed, model.config.vision.image_size, batch_size)
+    return grouping_health(model, batches, len(THING_CLASSES), encode_class_names(model, THING_CLASSES[1:]))
+
+
+def voc_layout_health(model: GroupViT, root: str | Path, limit: int | None = None,
+                      batch_size: int = 32) -> GroupingReport:
+    """:func:`grouping_health` on a VOC-layout root with ``classes.json``: oracle, and naming when it has a
+    background label."""
+    from groupvit.data.benchmarks import voc_layout
+    from groupvit.segment.segmenter import encode_class_names
+
+    data = voc_layout(root)
+    items = [(s.image, s.label) for s in data.samples[:limit]]
+    batches = labelled_batches(items, model.config.vision.image_size, batch_size)
+    embeds = encode_class_names(model, data.class_names) if data.background else None
+    return grouping_health(model, batches, len(data.class_names) + int(data.background), embeds)

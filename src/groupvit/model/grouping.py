@@ -1,7 +1,11 @@
-"""The grouping block: image tokens are assigned to group tokens and merged into segment tokens."""
+"""The grouping block: image tokens are assigned to group tokens and merged into segment tokens; the chained
+assignment maps of several stages, and a recorder of what each grouping stage computed."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -132,3 +136,67 @@ class GroupingBlock(nn.Module):
             new_x = new_x + projected
         return new_x + self.mlp_channels(self.norm_new_x(new_x)), assignment
 
+
+def chain_assignments(soft_maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Patch-to-group maps of every stage from the soft assignments ``[B, S_i, L_i]``.
+
+    Stage ``i``'s map is ``soft_0ᵀ @ soft_1ᵀ @ ... @ soft_iᵀ``: ``[B, L_0, S_i]``, the probability
+    that a patch ends in group ``j`` of stage ``i``.
+    """
+    chains: list[torch.Tensor] = []
+    for soft in soft_maps:
+        step = soft.float().transpose(1, 2)
+        chains.append(step if not chains else chains[-1] @ step)
+    return chains
+
+
+@dataclass
+class StageCapture:
+    """What one grouping stage computed in a forward pass.
+
+    Attributes:
+        tokens: the stage's input image tokens as the grouping block receives them ``[B, L, C]``.
+        segments: the segment tokens the block returns ``[B, S, C]``.
+        queries: the assignment queries of the groups ``[B, S, C]`` (``q_proj`` of the projected groups).
+    """
+
+    tokens: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
+
+
+@dataclass
+class GroupingCapture:
+    """Per grouping stage, a :class:`StageCapture` (filled by :func:`capture_grouping`)."""
+
+    stages: list[StageCapture] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def capture_grouping(vision: nn.Module) -> Iterator[GroupingCapture]:
+    """Record every grouping stage's input tokens, segments and assignment queries during the block.
+
+    ``vision`` is a :class:`~groupvit.model.vision.VisionEncoder`; the last forward pass inside the block
+    wins. Forward hooks only: the computation and its gradients are unchanged.
+    """
+    capture = GroupingCapture()
+    handles = []
+    for stage in vision.stages:
+        if stage.grouping is None:
+            continue
+        record = StageCapture()
+        capture.stages.append(record)
+
+        def on_block(_module: nn.Module, inputs: tuple, output: tuple, record: StageCapture = record) -> None:
+            record.tokens, record.segments = inputs[0], output[0]
+
+        def on_query(_module: nn.Module, _inputs: tuple, output: torch.Tensor, record: StageCapture = record) -> None:
+            record.queries = output
+
+        handles.append(stage.grouping.register_forward_hook(on_block))
+        handles.append(stage.grouping.assign.q_proj.register_forward_hook(on_query))
+    try:
+        yield capture
+    finally:
+        for handle in handles:
+            handle.remove()

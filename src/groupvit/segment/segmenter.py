@@ -24,6 +24,7 @@ from torch import nn
 from groupvit.data.images import ImageSource, bilinear_taps, denormalize, prepare_segmentation_input, read_image
 from groupvit.errors import InputError
 from groupvit.export.runtime import with_backend
+from groupvit.model.grouping import chain_assignments
 from groupvit.segment.refine import check_refine, refine_scores
 from groupvit.segment.sliding import WindowMerger, upsample_argmax, window_grid
 from groupvit.text.templates import get_templates
@@ -103,19 +104,6 @@ def encode_class_names(
         ])
     features = features.view(len(names), len(template_list), -1).mean(dim=1)
     return F.normalize(features, dim=-1)
-
-
-def chain_assignments(soft_maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Patch-to-group maps of every stage from the soft assignments ``[B, S_i, L_i]``.
-
-    Stage ``i``'s map is ``soft_0ᵀ @ soft_1ᵀ @ ... @ soft_iᵀ``: ``[B, L_0, S_i]``, the probability
-    that a patch ends in group ``j`` of stage ``i``.
-    """
-    chains: list[torch.Tensor] = []
-    for soft in soft_maps:
-        step = soft.float().transpose(1, 2)
-        chains.append(step if not chains else chains[-1] @ step)
-    return chains
 
 
 def group_index_map(chain: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:

@@ -24,13 +24,10 @@ features (the mixing mask is one that training itself draws).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from groupvit.errors import ConfigError
 
@@ -52,73 +49,6 @@ def check_group_objectives(weights: Mapping[str, float]) -> dict[str, float]:
             raise ConfigError(f"train.group_objectives.{name} must be a finite weight >= 0, got {weight!r}")
         out[str(name)] = value
     return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# what the objectives read from a forward pass
-
-
-@dataclass
-class StageCapture:
-    """What one grouping stage computed in a forward pass.
-
-    Attributes:
-        tokens: the stage's input image tokens as the grouping block receives them ``[B, L, C]``.
-        segments: the segment tokens the block returns ``[B, S, C]``.
-        queries: the assignment queries of the groups ``[B, S, C]`` (``q_proj`` of the projected groups).
-    """
-
-    tokens: torch.Tensor | None = None
-    segments: torch.Tensor | None = None
-    queries: torch.Tensor | None = None
-
-
-@dataclass
-class GroupingCapture:
-    """Per grouping stage, a :class:`StageCapture` (filled by :func:`capture_grouping`)."""
-
-    stages: list[StageCapture] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def capture_grouping(vision: nn.Module) -> Iterator[GroupingCapture]:
-    """Record every grouping stage's input tokens, segments and assignment queries during the block.
-
-    ``vision`` is a :class:`~groupvit.model.vision.VisionEncoder`; the last forward pass inside the block
-    wins. Forward hooks only: the computation and its gradients are unchanged.
-    """
-    capture = GroupingCapture()
-    handles = []
-    for stage in vision.stages:
-        if stage.grouping is None:
-            continue
-        record = StageCapture()
-        capture.stages.append(record)
-
-        def on_block(_module: nn.Module, inputs: tuple, output: tuple, record: StageCapture = record) -> None:
-            record.tokens, record.segments = inputs[0], output[0]
-
-        def on_query(_module: nn.Module, _inputs: tuple, output: torch.Tensor, record: StageCapture = record) -> None:
-            record.queries = output
-
-        handles.append(stage.grouping.register_forward_hook(on_block))
-        handles.append(stage.grouping.assign.q_proj.register_forward_hook(on_query))
-    try:
-        yield capture
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def chain_soft(soft_maps: list[torch.Tensor]) -> torch.Tensor:
-    """Patch-to-final-group probabilities ``[B, L_0, S_last]`` from the soft maps ``[B, S_i, L_i]``.
-
-    ``soft_0ᵀ @ soft_1ᵀ @ ...``: differentiable, in the dtype of the maps promoted to at least float32.
-    """
-    chain = soft_maps[0].float().transpose(1, 2)
-    for soft in soft_maps[1:]:
-        chain = chain @ soft.float().transpose(1, 2)
-    return chain
 
 
 # ----------------------------------------------------------------------------------------------------

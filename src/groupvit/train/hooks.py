@@ -89,25 +89,14 @@ def grouping(root: str | None = None, synthetic: int | None = None, seed: int = 
     ``_margin`` and ``_copies`` (% of near-copy query pairs), ``{prefix}_final_used``, ``{prefix}_oracle``
     (patch-level group oracle mIoU %) and ``{prefix}_named`` (% of object groups named right).
     """
-    from groupvit.evaluate.grouping import grouping_health, labelled_batches, synthetic_batches
-    from groupvit.segment.segmenter import encode_class_names
+    from groupvit.evaluate.grouping import synthetic_health, voc_layout_health
 
     if (root is None) == (synthetic is None):
         raise ConfigError("the grouping hook needs either root or synthetic (a number of scenes)")
 
     def hook(model: GroupViT, step: int) -> dict[str, float]:
-        size = model.config.vision.image_size
         if synthetic is not None:
-            from groupvit.data.synthetic import THING_CLASSES
-
-            names: tuple[str, ...] = tuple(THING_CLASSES[1:])
-            batches = synthetic_batches(synthetic, seed, size, batch_size)
-        else:
-            data = voc_layout(root)
-            names = data.class_names if data.background else ()
-            batches = labelled_batches([(s.image, s.label) for s in data.samples[:limit]], size, batch_size)
-        embeds = encode_class_names(model, names) if names else None
-        report = grouping_health(model, batches, len(names) + 1 if names else None, embeds)
-        return report.metrics(prefix)
+            return synthetic_health(model, synthetic, seed, batch_size).metrics(prefix)
+        return voc_layout_health(model, root, limit, batch_size).metrics(prefix)
 
     return hook

@@ -37,14 +37,12 @@ from torch import nn
 
 from groupvit.errors import InputError
 from groupvit.model import GroupViT
+from groupvit.model.grouping import StageCapture, capture_grouping, chain_assignments
 from groupvit.model.groupvit import ImageEncoding
 from groupvit.train.distributed import all_gather_with_grad, rank, world
 from groupvit.train.group_objectives import (
-    StageCapture,
     affinity_loss,
     anti_copy_loss,
-    capture_grouping,
-    chain_soft,
     check_group_objectives,
     mix_images,
     mix_loss,
@@ -322,7 +320,7 @@ class ContrastiveObjective(nn.Module):
             raise InputError("group objectives need a model with grouping stages (model.vision.num_group_tokens)")
         terms: dict[str, torch.Tensor] = {}
         if "affinity" in self.group_weights:
-            chain = chain_soft([a.soft for a in encoding.assignments])
+            chain = chain_assignments([a.soft for a in encoding.assignments])[-1]
             terms["affinity"] = affinity_loss(chain, patch_colours(images, encoding.grid))
         if "anti_copy" in self.group_weights:
             terms["anti_copy"] = torch.stack([anti_copy_loss(s.queries) for s in stages]).mean()
@@ -332,7 +330,7 @@ class ContrastiveObjective(nn.Module):
             masks = mix_masks(images.shape[0], encoding.grid, device=images.device)
             partner = mix_partner(images.shape[0], images.device)
             mixed = self.model.encode_image_groups(mix_images(images, masks, partner), normalize=False)
-            terms["mix"] = mix_loss(chain_soft([a.soft for a in mixed.assignments]),
+            terms["mix"] = mix_loss(chain_assignments([a.soft for a in mixed.assignments])[-1],
                                     F.normalize(_at_least_fp32(mixed.group_embeds), dim=-1), captions, masks,
                                     partner, scale)
         return terms

@@ -386,6 +386,7 @@ class Trainer:
             window = _Window()
 
         stopping = False
+
         def stop_signal() -> int:
             """The signal to stop for (0: none); ranks agree, so that all of them checkpoint at the same step."""
             signum = stops.signum or 0
