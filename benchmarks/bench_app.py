@@ -48,14 +48,14 @@ def main() -> None:
                  ("official architecture, 448² whole image", str(official), large, list(VOC_CLASSES[1:]))]
         rows = []
         for title, weights, image, names in cases:
-            client.predict(handle_file(str(image)), ", ".join(names), weights, True, 0.95, "whole", "none",
+            client.predict(handle_file(str(image)), ", ".join(names), weights, True, 0.95, "whole", "none", "fp32",
                            api_name="/segment")  # loads the model
             first, second = [], []
             for v in range(args.vocabularies):
                 classes = ", ".join(names[v:] + names[:v])  # a new list each time: its prompts are encoded anew
                 for times in (first, second):
                     start = time.perf_counter()
-                    client.predict(handle_file(str(image)), classes, weights, True, 0.95, "whole", "none",
+                    client.predict(handle_file(str(image)), classes, weights, True, 0.95, "whole", "none", "fp32",
                                    api_name="/segment")
                     times.append(time.perf_counter() - start)
             rows.append((title, len(names), statistics.median(first), statistics.median(second)))

@@ -183,12 +183,13 @@ class MatmulRate:
 
 
 def matmul_rate(
-    n: int = 2048, warmup: int = 2, runs: int = 10, clock: Callable[[], float] = time.perf_counter
+    n: int = 2048, warmup: int = 2, runs: int = 10, clock: Callable[[], float] = time.perf_counter,
+    dtype: torch.dtype = torch.float32,
 ) -> MatmulRate:
-    """Time ``runs`` fp32 ``torch.mm`` of ``n x n`` matrices with the current thread count and ``clock``."""
+    """Time ``runs`` ``torch.mm`` of ``n x n`` matrices of ``dtype`` with the current thread count and ``clock``."""
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    out = torch.empty(n, n)
+    a, b = torch.randn(n, n, generator=gen).to(dtype), torch.randn(n, n, generator=gen).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
     for _ in range(warmup):
         torch.mm(a, b, out=out)
     times = []

@@ -8,6 +8,7 @@ end ``groupvit groups --synthetic 64 --seed 11`` scores the last checkpoint (pat
 choice seed). Prints a Markdown table and writes it with the numbers as JSON. Usage::
 
     python scripts/screen_grouping.py --variants recipe affinity --seeds 0 1 --steps 300 --out output/screens
+    python scripts/screen_grouping.py --variants affinity --amp bf16 --out output/screens   # bf16 autocast
 """
 
 from __future__ import annotations
@@ -51,16 +52,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--config", default="configs/synthetic.yaml")
     parser.add_argument("--out", default="output/screens")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16"],
+                        help="train.amp of every run; bf16 runs are named VARIANT-bf16")
     args = parser.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     table_file = root / "screens.json"
     rows = json.loads(table_file.read_text()) if table_file.is_file() else []  # earlier screens stay in the table
-    for name in args.variants:
+    for variant in args.variants:
+        name = variant if args.amp == "none" else f"{variant}-{args.amp}"
         for seed in args.seeds:
             run = root / f"{name}-seed{seed}"
             command = [sys.executable, "-m", "groupvit.cli", "train", "--config", args.config, "--output", str(run),
-                       "--resume", "auto", f"train.max_steps={args.steps}", f"data.seed={seed}", *VARIANTS[name]]
+                       "--resume", "auto", f"train.max_steps={args.steps}", f"data.seed={seed}",
+                       f"train.amp={args.amp}", *VARIANTS[variant]]
             print("$", " ".join(command), flush=True)
             subprocess.run(command, check=True)
             health = _groups(run / "latest.pt", run / f"groups-{args.steps}.json")

@@ -104,7 +104,7 @@ def test_api_returns_the_segmenter_labels_and_survives_bad_uploads(served, scene
     client = Client(served, verbose=False)
 
     def segment(path: Path):
-        return client.predict(handle_file(str(path)), CLASSES, BUNDLED, True, 0.95, "whole", "none",
+        return client.predict(handle_file(str(path)), CLASSES, BUNDLED, True, 0.95, "whole", "none", "fp32",
                               api_name="/segment")
 
     overlay, groups, table, labels = segment(scene_file)
@@ -176,7 +176,8 @@ def test_the_console_gets_one_line_per_refused_request_and_no_banner(tmp_path, c
         client = Client(f"http://127.0.0.1:{app.blocks.server_port}/", verbose=False)
         path = bad_uploads(tmp_path)["not an image"]
         with pytest.raises(Exception, match="is not an image file Pillow can read"):
-            client.predict(handle_file(str(path)), CLASSES, BUNDLED, True, 0.95, "whole", "none", api_name="/segment")
+            client.predict(handle_file(str(path)), CLASSES, BUNDLED, True, 0.95, "whole", "none", "fp32",
+                           api_name="/segment")
     finally:
         app.blocks.close()
     out, err = capfd.readouterr()

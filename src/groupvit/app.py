@@ -21,6 +21,7 @@ from PIL import Image
 
 from groupvit.data.images import ImageSource, read_image
 from groupvit.errors import GroupViTError, InputError
+from groupvit.precision import PRECISIONS
 from groupvit.pretrained import BUNDLED, WEIGHTS, local_path
 from groupvit.segment.refine import REFINE_METHODS
 from groupvit.segment.segmenter import Segmenter, normalize_class_names
@@ -99,17 +100,19 @@ class SegmentationService:
         return OFFICIAL_SHORT_SIDE if size >= 224 else size
 
     def segmenter(
-        self, weights: str, classes: str, background: bool, bg_thresh: float, mode: str, refine: str
+        self, weights: str, classes: str, background: bool, bg_thresh: float, mode: str, refine: str,
+        precision: str = "fp32",
     ) -> Segmenter:
         """A segmenter for these settings; the last few are kept, so a vocabulary is encoded once."""
         names = normalize_class_names(classes)
-        key = (str(weights).strip(), names, bool(background), float(bg_thresh), mode, refine)
+        key = (str(weights).strip(), names, bool(background), float(bg_thresh), mode, refine, precision)
         if key in self._segmenters:
             self._segmenters.move_to_end(key)
             return self._segmenters[key]
         side = self.short_side(weights)
         segmenter = Segmenter(self.model(weights), names, background=background, bg_thresh=bg_thresh, mode=mode,
-                              short_side=side, window=side, stride=max(1, side // 2), refine=refine)
+                              short_side=side, window=side, stride=max(1, side // 2), refine=refine,
+                              precision=precision)
         self._segmenters[key] = segmenter
         while len(self._segmenters) > CACHED_SEGMENTERS:
             self._segmenters.popitem(last=False)
@@ -132,10 +135,10 @@ class SegmentationService:
 
     def run(
         self, image: ImageSource | None, classes: str, weights: str = BUNDLED, background: bool = True,
-        bg_thresh: float = 0.95, mode: str = "whole", refine: str = "none",
+        bg_thresh: float = 0.95, mode: str = "whole", refine: str = "none", precision: str = "fp32",
     ) -> PageResult:
-        """Segment one upload and make the page's pictures and table (the segmenter checks mode and refine)."""
-        segmenter = self.segmenter(weights, classes, background, bg_thresh, mode, refine)
+        """Segment one upload and make the page's pictures and table (the segmenter checks mode, refine, precision)."""
+        segmenter = self.segmenter(weights, classes, background, bg_thresh, mode, refine, precision)
         rgb = self.read(image, segmenter.short_side)
         result = segmenter(rgb)
         factor = max(1, DISPLAY_SIDE // min(rgb.shape[:2]))
@@ -179,6 +182,8 @@ class App:
                     mode = gr.Radio(["whole", "slide"], value="whole" if weights == BUNDLED else "slide",
                                     label="inference (whole image, or 448 px windows every 224 px)")
                     refine = gr.Radio(list(REFINE_METHODS), value="none", label="refine the masks")
+                    precision = gr.Radio(list(PRECISIONS), value="fp32",
+                                         label="precision (bf16: faster where the CPU or GPU has native bfloat16)")
                     chosen = gr.Dropdown(weight_choices(weights), value=weights, allow_custom_value=True,
                                          label="weights (a name, or a local .pt / .pth / Hugging Face folder)")
                     button = gr.Button("Segment", variant="primary", elem_id="segment")
@@ -190,7 +195,8 @@ class App:
                     download = gr.File(label="label map (PNG, VOC palette)", elem_id="download")
             if example_paths:
                 gr.Examples([[str(p)] for p in example_paths], inputs=[image], label="examples")
-            button.click(self.handle, inputs=[image, classes, chosen, background, threshold, mode, refine],
+            button.click(self.handle, inputs=[image, classes, chosen, background, threshold, mode, refine,
+                                                 precision],
                          outputs=[shown, groups, table, download], api_name="segment")
         self.blocks.queue(default_concurrency_limit=1)
 
@@ -211,12 +217,12 @@ class App:
         return paths
 
     def handle(self, image: str | None, classes: str, weights: str, background: bool, bg_thresh: float, mode: str,
-               refine: str) -> tuple[np.ndarray, np.ndarray, list[list[Any]], str]:
+               refine: str, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, list[list[Any]], str]:
         """The button's callback: page outputs, or the error shown in the page."""
         import gradio as gr
 
         try:
-            result = self.service.run(image, classes, weights, background, bg_thresh, mode, refine)
+            result = self.service.run(image, classes, weights, background, bg_thresh, mode, refine, precision)
         except GroupViTError as err:
             # The visitor sees the message in the page; the console gets one line, not a traceback.
             print(f"groupvit app: refused a request: {err}", file=sys.stderr, flush=True)

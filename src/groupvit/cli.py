@@ -1,7 +1,8 @@
 """The ``groupvit`` command line: one sub-command per module in :mod:`groupvit.commands`.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Errors of type :class:`~groupvit.errors.GroupViTError` print one line on stderr and exit with status 2.
+Errors of type :class:`~groupvit.errors.GroupViTError` print one line on stderr and exit with status 2;
+warnings print one line each.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from groupvit.errors import GroupViTError
@@ -48,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``groupvit`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+
+    def one_line(message: Warning | str, *_: object, **__: object) -> None:
+        print(f"groupvit {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            return int(args._run(args) or 0)
     except GroupViTError as err:
         print(f"groupvit {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from groupvit.commands.segment import add_refine_argument
+from groupvit.commands.segment import add_precision_argument, add_refine_argument
 from groupvit.errors import InputError
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bg-thresh", type=float, default=None,
                         help="threshold of --background threshold (default: the official VOC value 0.95)")
     add_refine_argument(parser)
+    add_precision_argument(parser)
 
 
 def _enlarge(array: np.ndarray, size: int) -> np.ndarray:
@@ -52,7 +53,7 @@ def _enlarge(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def synthetic_segmenter(
-    model: GroupViT, background: str, bg_thresh: float, size: int, refine: str | None = None
+    model: GroupViT, background: str, bg_thresh: float, size: int, refine: str | None = None, precision: str = "fp32"
 ) -> tuple[Segmenter, np.ndarray]:
     """Segmenter of the synthetic vocabulary for one background rule, and its label -> ``THING_CLASSES`` table.
 
@@ -60,7 +61,7 @@ def synthetic_segmenter(
     identity); ``"best-group"``: the image's best shape on its best-matching group (identity table).
     ``"names"``: the shapes and the background textures as classes, textures mapped to 0.
     Returns ``(Segmenter, uint8 [num_labels] table)``; whole-image mode at short side ``size``, masks refined
-    by ``refine`` (:mod:`groupvit.segment.refine`).
+    by ``refine`` (:mod:`groupvit.segment.refine`), the image tower at ``precision`` (:mod:`groupvit.precision`).
     """
     from groupvit.data.synthetic import BACKGROUNDS, SHAPES, THING_CLASSES
     from groupvit.segment import Segmenter
@@ -69,7 +70,8 @@ def synthetic_segmenter(
     vocabulary = (*SHAPES, *BACKGROUNDS) if by_name else SHAPES
     rule = "best-group" if background == "best-group" else "threshold"
     segmenter = Segmenter(model, vocabulary, background=not by_name, bg_thresh=bg_thresh, mode="whole",
-                          short_side=size, window=size, stride=size, refine=refine, background_rule=rule)
+                          short_side=size, window=size, stride=size, refine=refine, background_rule=rule,
+                          precision=precision)
     table = [1 + i for i in range(len(SHAPES))] + [0] * len(BACKGROUNDS) if by_name else range(len(THING_CLASSES))
     return segmenter, np.array(table, dtype=np.uint8)
 
@@ -90,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_pretrained(args.weights or BUNDLED)
     size = model.config.vision.image_size
     bg_thresh = DEFAULT_BG_THRESH if args.bg_thresh is None else args.bg_thresh
-    segmenter, to_things = synthetic_segmenter(model, args.background, bg_thresh, size, args.refine)
+    segmenter, to_things = synthetic_segmenter(model, args.background, bg_thresh, size, args.refine,
+                                             args.precision)
     out = Path(args.out)
     earlier = out.is_dir() and any(out.glob("*_overlay.png"))
     out.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
             "mode": segmenter.mode, "bg_thresh": segmenter.bg_thresh, "background": segmenter.background,
             "templates": args.templates or "simple", "short_side": segmenter.short_side,
             "window": segmenter.window, "stride": segmenter.stride, "top_k": segmenter.top_k,
-            "refine": args.refine, "backend": args.backend,
+            "refine": args.refine, "backend": args.backend, "precision": segmenter.precision,
         }
         report = evaluate_segmentation(segmenter, dataset, limit=args.limit, progress=progress,
                                        group_oracle=args.group_oracle)

@@ -78,9 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def window_settings(args: argparse.Namespace) -> dict[str, int | str | None]:
-    """The resize, sliding-window, refinement and backend options as :class:`~groupvit.Segmenter` keywords."""
+    """Resize, sliding-window, refinement, backend and precision options as :class:`~groupvit.Segmenter` keywords."""
     return {"short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine,
-            "backend": args.backend}
+            "backend": args.backend, "precision": args.precision}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +106,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the towers in PyTorch (default) or onnxruntime (fp32, or int8: --weights a folder "
                              "from `groupvit export onnx [--int8]`; other weights are exported on the fly)")
     add_refine_argument(parser)
+    add_precision_argument(parser)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision fp32|bf16|auto`` (shared with ``groupvit demo``)."""
+    from groupvit.precision import PRECISIONS
+
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (official; default), bf16 (the image tower under bfloat16 autocast; falls back to "
+                             "fp32 with a warning where the CPU or GPU has no native bfloat16) or auto (bf16 where "
+                             "native, else fp32)")
 
 
 def add_refine_argument(parser: argparse.ArgumentParser) -> None:
@@ -285,7 +296,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         "weights": args.weights or DEFAULT_OFFICIAL, "classes": names, "background": not args.no_background,
         "bg_thresh": bg_thresh, "templates": args.templates or "simple", "mode": args.mode,
         "short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine,
-        "groups": not args.no_groups, "backend": args.backend,
+        "groups": not args.no_groups, "backend": args.backend, "precision": args.precision,
     }
     refusal = None
     if env.is_main:

@@ -79,6 +79,10 @@ class AssignAttention(nn.Module):
     ) -> tuple[torch.Tensor, Assignment]:
         """:meth:`forward` with ``k = k_proj(tokens)``, ``v = v_proj(tokens)`` ``[B, L, C]`` already computed."""
         raw = self.logits_projected(groups, k)
+        if raw.dtype in (torch.float16, torch.bfloat16):
+            # Softmax, Gumbel noise and the straight-through one-hot in float32: under autocast the logits come
+            # in half precision, whose Gumbel draws would be coarse and cut off (near 5 in bfloat16).
+            raw = raw.float()
         soft = raw.softmax(dim=1)
         if self.gumbel and self.training:
             noisy = ((raw + sample_gumbel(raw.shape, raw)) / self.gumbel_tau).softmax(dim=1)

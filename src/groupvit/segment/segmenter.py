@@ -25,6 +25,8 @@ from groupvit.data.images import ImageSource, bilinear_taps, denormalize, prepar
 from groupvit.errors import InputError
 from groupvit.export.runtime import with_backend
 from groupvit.model.grouping import chain_assignments
+from groupvit.model.groupvit import ImageEncoding
+from groupvit.precision import autocast, check_precision, resolve_precision
 from groupvit.segment.refine import check_refine, refine_scores
 from groupvit.segment.sliding import WindowMerger, upsample_argmax, window_grid
 from groupvit.text.templates import get_templates
@@ -277,6 +279,10 @@ class Segmenter:
             ``best_group_classes`` best classes each go to the group that matches them best, every other group is
             background: :func:`best_group_scores`; scores are then one-hot).
         best_group_classes: classes given out per crop by ``'best-group'`` (default 1).
+        precision: ``'fp32'`` (official), ``'bf16'`` (the image tower under bfloat16 autocast; float32 with one
+            warning where the device has no native bfloat16) or ``'auto'`` (bf16 where native, else fp32):
+            :mod:`groupvit.precision`. Class embeddings, scores and soft maps stay float32. The ONNX backends
+            run in float32.
     """
 
     def __init__(
@@ -297,6 +303,7 @@ class Segmenter:
         backend: str = "torch",
         background_rule: str = "threshold",
         best_group_classes: int = 1,
+        precision: str = "fp32",
     ) -> None:
         self.class_names = normalize_class_names(class_names)
         if background and any(name.lower() == BACKGROUND for name in self.class_names):
@@ -315,6 +322,9 @@ class Segmenter:
             if int(value) < 1:
                 raise InputError(f"{name} must be a positive integer, got {value}")
         window_grid(window, window, window, stride)  # validates window and stride
+        if backend != "torch" and check_precision(precision) == "bf16":
+            raise InputError(f"precision 'bf16' runs on the torch backend only, not {backend!r}; use precision "
+                             "'fp32' (or 'auto') with it")
         self.refine = check_refine(refine)
         self.model = model = with_backend(model, backend)
         self.background = bool(background)
@@ -328,6 +338,7 @@ class Segmenter:
         vision = getattr(getattr(model, "config", None), "vision", None)
         self._min_side = int(getattr(vision, "patch_size", 1))
         self.device, self.dtype = model_device_dtype(model)
+        self.precision = resolve_precision(precision, self.device) if backend == "torch" else "fp32"
         self.text_embeds = encode_class_names(model, self.class_names, self.templates).to(self.device)
 
     @property
@@ -384,9 +395,9 @@ class Segmenter:
     def segment_crops(self, crops: torch.Tensor, groups: bool = True) -> CropOutput:
         """The official per-crop step (``encode_decode``) on a batch of normalised crops ``[B, 3, h, w]``."""
         size = (crops.shape[2], crops.shape[3])
-        encoding = self.model.encode_image_groups(crops.to(self.device, self.dtype), normalize=True)
+        encoding = self.encode(crops)
         group_embeds = encoding.group_embeds.float()
-        chains = chain_assignments([a.soft for a in encoding.assignments])
+        chains = chain_assignments([a.soft.float() for a in encoding.assignments])
         expected = chains[-1].shape[-1] if chains else encoding.grid[0] * encoding.grid[1]
         if group_embeds.shape[1] != expected:
             raise InputError(
@@ -406,10 +417,15 @@ class Segmenter:
         scores = pixel_class_scores(final, q, self.background, self.bg_thresh)
         return CropOutput(scores, maps if groups else [])
 
+    def encode(self, crops: torch.Tensor) -> ImageEncoding:
+        """The image tower on normalised crops ``[B, 3, h, w]`` at the segmenter's precision (embeddings normalised)."""
+        with autocast(self.precision, self.device):
+            return self.model.encode_image_groups(crops.to(self.device, self.dtype), normalize=True)
+
     def whole_image_group_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per grouping stage, ``int64 [h, w]`` group ids of a pre-processed image ``x [3, h, w]`` from one pass."""
-        encoding = self.model.encode_image_groups(x[None].to(self.device, self.dtype), normalize=True)
-        chains = chain_assignments([a.soft for a in encoding.assignments])
+        encoding = self.encode(x[None])
+        chains = chain_assignments([a.soft.float() for a in encoding.assignments])
         return [group_index_map(chain, encoding.grid, (x.shape[1], x.shape[2]))[0] for chain in chains]
 
     def _segment_batch(self, images: Sequence[ImageSource], groups: bool) -> list[SegmentationResult]:

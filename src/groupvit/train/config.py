@@ -35,7 +35,7 @@ from groupvit.errors import ConfigError
 from groupvit.fileio import atomic_path
 from groupvit.train.group_objectives import check_group_objectives
 
-AMP_MODES = ("bf16", "fp16", "none")
+AMP_MODES = ("auto", "bf16", "fp16", "none")
 
 
 @dataclass
@@ -60,8 +60,10 @@ class TrainSection:
     clip_grad: float = 5.0
     # Micro-batches per optimizer step (0 and 1 both mean none, as official).
     accumulation_steps: int = 1
-    # Mixed precision on GPU: bf16, fp16 (with a GradScaler) or none. CPU always trains in float32.
-    amp: str = "bf16"
+    # Mixed precision: auto (bf16 autocast on GPU, float32 on CPU), bf16 (autocast on GPU and on CPUs with
+    # native bfloat16: AVX-512 BF16, AMX; float32 with a warning on others), fp16 (GPU, with a GradScaler;
+    # float32 on CPU) or none (float32 everywhere).
+    amp: str = "auto"
     multi_label_loss_weight: float = 1.0
     # Multi-label targets: "official" (only an image's own prompts are positives) or "words" (every prompt
     # naming one of the image's prompt words is a positive; for small vocabularies, see losses.py).

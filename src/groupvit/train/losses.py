@@ -255,6 +255,11 @@ class GroupViTLoss(nn.Module):
         return LossOutput(itc + self.multi_label_weight * ml, itc, ml)
 
 
+def float32(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device`` for the block: its matrix multiplies run in the inputs' own dtype."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
@@ -305,7 +310,8 @@ class ContrastiveObjective(nn.Module):
         text = F.normalize(_at_least_fp32(self.model.encode_text(texts, normalize=False)), dim=-1)
         scale = self.model.scale()
         ml_scale = self.model.scale(multi_label=True) if k > 0 else None
-        out = self.loss(image, text, scale, ml_scale, prompt_words, groups)
+        with float32(images.device):  # the logits and losses, under a caller's bf16 autocast too
+            out = self.loss(image, text, scale, ml_scale, prompt_words, groups)
         if not self.group_weights:
             return out
         assert encoding is not None
@@ -319,18 +325,21 @@ class ContrastiveObjective(nn.Module):
         if not encoding.assignments:
             raise InputError("group objectives need a model with grouping stages (model.vision.num_group_tokens)")
         terms: dict[str, torch.Tensor] = {}
-        if "affinity" in self.group_weights:
-            chain = chain_assignments([a.soft for a in encoding.assignments])[-1]
-            terms["affinity"] = affinity_loss(chain, patch_colours(images, encoding.grid))
-        if "anti_copy" in self.group_weights:
-            terms["anti_copy"] = torch.stack([anti_copy_loss(s.queries) for s in stages]).mean()
-        if "prototype" in self.group_weights:
-            terms["prototype"] = torch.stack([prototype_loss(s.tokens, s.segments) for s in stages]).mean()
-        if "mix" in self.group_weights:
+        mixed = masks = partner = None
+        if "mix" in self.group_weights:  # the second image-tower pass runs under the caller's autocast
             masks = mix_masks(images.shape[0], encoding.grid, device=images.device)
             partner = mix_partner(images.shape[0], images.device)
             mixed = self.model.encode_image_groups(mix_images(images, masks, partner), normalize=False)
-            terms["mix"] = mix_loss(chain_assignments([a.soft for a in mixed.assignments])[-1],
-                                    F.normalize(_at_least_fp32(mixed.group_embeds), dim=-1), captions, masks,
-                                    partner, scale)
+        with float32(images.device):
+            if "affinity" in self.group_weights:
+                chain = chain_assignments([_at_least_fp32(a.soft) for a in encoding.assignments])[-1]
+                terms["affinity"] = affinity_loss(chain, patch_colours(images, encoding.grid))
+            if "anti_copy" in self.group_weights:
+                terms["anti_copy"] = torch.stack([anti_copy_loss(s.queries) for s in stages]).mean()
+            if "prototype" in self.group_weights:
+                terms["prototype"] = torch.stack([prototype_loss(s.tokens, s.segments) for s in stages]).mean()
+            if mixed is not None:
+                terms["mix"] = mix_loss(chain_assignments([_at_least_fp32(a.soft) for a in mixed.assignments])[-1],
+                                        F.normalize(_at_least_fp32(mixed.group_embeds), dim=-1), captions, masks,
+                                        partner, scale)
         return terms

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from groupvit.errors import ConfigError, DivergenceError, InputError, WeightsError
 from groupvit.model import GroupViT
+from groupvit.precision import resolve_precision
 from groupvit.train.checkpoint import (
     CheckpointManager,
     TrainState,
@@ -119,6 +120,20 @@ def _random_loader(data: dict[str, Any], image_size: int, env: DistEnv, epoch: i
 def _webdataset_loader(build: Callable[..., TrainLoader], data_config: Any, env: DistEnv, epoch: int,
                        start: int) -> TrainLoader:
     return build(data_config, epoch=epoch, rank=env.rank, world_size=env.world_size, start_batch=start)
+
+
+def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype]:
+    """``(autocast on, its dtype)`` for ``train.amp`` on ``device``.
+
+    GPU: ``auto`` and ``bf16`` autocast to bfloat16, ``fp16`` to float16, ``none`` is off. CPU: ``bf16``
+    autocasts to bfloat16 where the CPU runs it natively (else float32 with one warning); every other mode
+    trains in float32.
+    """
+    if amp == "none":
+        return False, torch.float32
+    if device.type == "cuda":
+        return True, torch.float16 if amp == "fp16" else torch.bfloat16
+    return amp == "bf16" and resolve_precision("bf16", device) == "bf16", torch.bfloat16
 
 
 def build_hooks(specs: Sequence[Mapping[str, Any]]) -> list[EvalHook]:
@@ -314,8 +329,7 @@ class Trainer:
                                         warmup_steps=round(t.warmup_epochs * steps_per_epoch),
                                         total_steps=t.epochs * steps_per_epoch)
         optimizer = build_optimizer(model, schedule(state.step), t.weight_decay, t.betas, t.eps)
-        use_amp = env.device.type == "cuda" and t.amp != "none"
-        amp_dtype = torch.float16 if t.amp == "fp16" else torch.bfloat16
+        use_amp, amp_dtype = amp_settings(t.amp, env.device)
         scaler = torch.amp.GradScaler("cuda") if use_amp and t.amp == "fp16" else None
         if ckpt is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
