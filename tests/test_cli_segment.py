@@ -99,12 +99,13 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, weights, capsys, args, mes
 
 def test_missing_or_corrupt_weights_exit_2(tmp_path, capsys):
     write_image(tmp_path / "a.png")
+    out = ["--out", str(tmp_path / "out")]
     assert groupvit.cli.main(["segment", str(tmp_path / "a.png"), "--classes", "cat",
-                              "--weights", str(tmp_path / "none.pt")]) == 2
+                              "--weights", str(tmp_path / "none.pt"), *out]) == 2
     assert "no such file" in one_error_line(capsys)
     (tmp_path / "bad.pt").write_bytes(b"garbage" * 10)
     assert groupvit.cli.main(["segment", str(tmp_path / "a.png"), "--classes", "cat",
-                              "--weights", str(tmp_path / "bad.pt")]) == 2
+                              "--weights", str(tmp_path / "bad.pt"), *out]) == 2
     assert "bad.pt" in one_error_line(capsys)
 
 
