@@ -41,7 +41,7 @@ def main() -> None:
         large = root / "scene448.png"
         Image.fromarray(SceneGenerator(image_size=448, seed=0, split="eval-all").sample(0).image).save(large)
         official = groupvit.save_checkpoint(groupvit.create_model("gcc-yfcc"), root / "gcc-yfcc-random.pt")
-        app = App(BUNDLED)
+        app = App([BUNDLED, str(official)])  # the page offers these two
         app.launch(port=None, prevent_thread_lock=True, quiet=True)  # the server binds a free port itself
         client = Client(f"http://127.0.0.1:{app.blocks.server_port}/", verbose=False)
         cases = [("synthetic-small, 64 px scene", BUNDLED, small, list(SHAPES)),

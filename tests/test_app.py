@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from groupvit.app import SegmentationService
+from groupvit.cli import main as cli_main
 from groupvit.data.images import read_label_map
 from groupvit.data.synthetic import SHAPES, SceneGenerator
 from groupvit.errors import InputError
@@ -46,6 +48,19 @@ def bad_uploads(folder: Path) -> dict[str, Path]:
     tiny = folder / "tiny.png"
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
     return {"not an image": text, "truncated": truncated, "1x1": tiny}
+
+
+def test_the_command_shown_beside_the_result_gives_the_same_labels(scene_file, tmp_path):
+    """The page and ``groupvit segment`` agree on one image when run with the settings the page shows."""
+    service = SegmentationService()
+    result = service.run(str(scene_file), CLASSES, BUNDLED, bg_thresh=0.5, refine="pamr")
+    words = shlex.split(result.command)
+    assert words[:3] == ["groupvit", "segment", "IMAGE"]
+    assert {"--bg-thresh", "0.5", "--refine", "pamr", "--precision", "fp32"} <= set(words)
+    assert cli_main([*words[1:2], str(scene_file), *words[3:], "--out", str(tmp_path), "--quiet"]) == 0
+    np.testing.assert_array_equal(read_label_map(tmp_path / f"{scene_file.stem}_labels.png"), result.labels)
+    off = service.run(str(scene_file), CLASSES, BUNDLED, background=False)
+    assert "--no-background" in shlex.split(off.command) and "--bg-thresh" not in off.command
 
 
 def test_service_segments_like_the_segmenter_and_caches(scene_file):
@@ -107,7 +122,8 @@ def test_api_returns_the_segmenter_labels_and_survives_bad_uploads(served, scene
         return client.predict(handle_file(str(path)), CLASSES, BUNDLED, True, 0.95, "whole", "none", "fp32",
                               api_name="/segment")
 
-    overlay, groups, table, labels = segment(scene_file)
+    overlay, groups, table, labels, command = segment(scene_file)
+    assert command.startswith(f"groupvit segment IMAGE --weights {BUNDLED} --classes ")
     np.testing.assert_array_equal(read_label_map(labels), expected_labels(scene_file))
     assert Image.open(overlay).size[1] == 384 and Path(groups).is_file()
     assert table["headers"] == ["class", "% of pixels"] and table["data"][0][0] in {"background", *SHAPES}
@@ -152,6 +168,8 @@ def test_page_in_a_real_browser(served, scene_file, tmp_path):
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#overlay img")))
         wait.until(lambda d: "background" in d.find_element(By.CSS_SELECTOR, "#table").text)
         table = driver.find_element(By.CSS_SELECTOR, "#table").text
+        shown = driver.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value")
+        assert shown.startswith(f"groupvit segment IMAGE --weights {BUNDLED} --classes "), shown
         expected = expected_labels(scene_file)
         for label in np.unique(expected):
             name = ("background", *SHAPES)[label]

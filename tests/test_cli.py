@@ -83,6 +83,24 @@ def test_synth_demo_segment_and_eval(scenes, tmp_path):
     assert (tmp_path / "demo" / "contact_sheet.png").is_file()
 
 
+def test_skip_lines_never_share_a_line_with_the_progress_bar(scenes, tmp_path):
+    """stderr is a pipe here, not a terminal: the bar prints whole lines, and each skipped input its own line."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((scenes / "VOC2012" / "JPEGImages").iterdir()):
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png")
+    proc = groupvit_cli("segment", str(folder), "--classes", "circle,star", "--weights", "synthetic-small",
+                        "--mode", "whole", "--short-side", "64", "--out", str(tmp_path / "seg"), "--no-groups")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "\r" not in proc.stderr
+    skipped = [line for line in lines if "broken.png" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("groupvit segment: skipped broken.png: "), lines
+    bars = [line for line in lines if "%|" in line]
+    assert bars and all(line.startswith("segment: ") for line in bars) and "4/4" in bars[-1], lines
+
+
 def test_bundled_model_on_a_photo_vocabulary_warns(tmp_path):
     Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(tmp_path / "photo.png")
     proc = groupvit_cli("segment", str(tmp_path / "photo.png"), "--classes", "person,car", "--weights",

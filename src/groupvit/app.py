@@ -9,9 +9,12 @@ pictures and a table. The page works offline: no analytics, no web fonts, nothin
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import sys
 import tempfile
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,16 @@ from groupvit.segment.visualize import group_maps_image, label_image, overlay, s
 MIN_SIDE = 8  # smaller uploads are refused: nothing to segment
 DISPLAY_SIDE = 384  # small images (the bundled model's 64 px scenes) are enlarged to this for the pictures
 OFFICIAL_SHORT_SIDE = 448
-CACHED_SEGMENTERS = 8
+# Bounds of what one visitor can make the server hold or do (each refusal is one line in the page).
+CACHED_SEGMENTERS = 8  # segmenters (class embeddings of a vocabulary) kept, least recently used dropped
+CACHED_MODELS = 2  # models kept in memory, least recently used dropped
+MAX_CLASSES = 150  # class names per request (ADE20K has 150)
+MAX_NAME_CHARS = 80  # characters per class name
+MAX_UPLOAD_PIXELS = 40_000_000  # uploads with more pixels are refused from their header, before decoding
+MAX_UPLOAD_MB = 25  # larger uploads are refused by the server before they reach the page
+QUEUE_SIZE = 16  # requests waiting beyond this are refused ("queue full"); one runs at a time
+KEPT_LABEL_FILES = 4  # label-map downloads kept on disk by the page (Gradio serves its own copy)
+CACHE_S = (60, 600)  # Gradio's copies of uploads and results: checked every 60 s, deleted after 600 s and at exit
 
 
 @dataclass
@@ -43,6 +55,8 @@ class PageResult:
         table: ``[class name, % of pixels]`` rows, largest first.
         labels: ``[H0, W0]`` label map at the size the image was segmented at (0 = background when on).
         label_names: name of each label id.
+        command: the ``groupvit segment`` call that gives the same label map for an image of at most
+            ``max(448, the model's short side)`` pixels a side (larger uploads are shrunk to that first).
     """
 
     overlay: np.ndarray
@@ -50,6 +64,17 @@ class PageResult:
     table: list[list[Any]]
     labels: np.ndarray
     label_names: tuple[str, ...]
+    command: str
+
+
+def segment_command(weights: str, segmenter: Segmenter, refine: str, precision: str, image: str = "IMAGE") -> str:
+    """The command line that runs ``segmenter`` (weights, classes, background, window, refinement, precision)."""
+    words = ["groupvit", "segment", image, "--weights", str(weights).strip(), "--classes",
+             ",".join(segmenter.class_names), "--mode", segmenter.mode, "--short-side", str(segmenter.short_side),
+             "--window", str(segmenter.window), "--stride", str(segmenter.stride)]
+    words += ["--bg-thresh", f"{segmenter.bg_thresh:g}"] if segmenter.background else ["--no-background"]
+    words += ["--refine", refine, "--precision", precision]
+    return shlex.join(words)
 
 
 def default_classes(weights: str) -> str:
@@ -61,10 +86,48 @@ def default_classes(weights: str) -> str:
     return "person, car, tree, road, building, sky"
 
 
-def weight_choices(weights: str) -> list[str]:
-    """Weights offered in the page: the given ones, the bundled model, and named weights already downloaded."""
-    names = [weights, BUNDLED] + [name for name in WEIGHTS if name != BUNDLED and local_path(name).is_file()]
+def weight_choices(weights: Sequence[str], allow_any: bool = False) -> list[str]:
+    """Weights offered in the page: the given ones and the bundled model (and, where any weights are allowed,
+    the named weights already downloaded)."""
+    names = [*map(_key, weights), BUNDLED]
+    if allow_any:
+        names += [name for name in WEIGHTS if name != BUNDLED and local_path(name).is_file()]
     return list(dict.fromkeys(names))
+
+
+def _key(weights: str | Path) -> str:
+    return str(weights).strip()
+
+
+def check_class_list(classes: str) -> tuple[str, ...]:
+    """The validated class names of a request: at most :data:`MAX_CLASSES`, each of at most :data:`MAX_NAME_CHARS`."""
+    if len(str(classes)) > MAX_CLASSES * (MAX_NAME_CHARS + 2):
+        raise InputError(f"the class list is {len(str(classes))} characters long; give at most {MAX_CLASSES} names "
+                         f"of at most {MAX_NAME_CHARS} characters")
+    names = normalize_class_names(classes)
+    if len(names) > MAX_CLASSES:
+        raise InputError(f"{len(names)} classes given; this page takes at most {MAX_CLASSES}")
+    longest = max(names, key=len)
+    if len(longest) > MAX_NAME_CHARS:
+        raise InputError(f"a class name is {len(longest)} characters long ({longest[:20]!r}...); this page takes at "
+                         f"most {MAX_NAME_CHARS}")
+    return names
+
+
+def check_upload_pixels(path: Path) -> None:
+    """Refuse an image file of more than :data:`MAX_UPLOAD_PIXELS` pixels from its header, before decoding it."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        raise InputError(f"the image has over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels (a "
+                         f"decompression bomb?); this page takes at most {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels") \
+            from None
+    except (OSError, ValueError):
+        return  # not an image Pillow can size: :func:`read_image` names the problem
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise InputError(f"the image is {width}x{height} pixels; this page takes at most "
+                         f"{MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels")
 
 
 def _enlarge(array: np.ndarray, factor: int) -> np.ndarray:
@@ -74,25 +137,44 @@ def _enlarge(array: np.ndarray, factor: int) -> np.ndarray:
 class SegmentationService:
     """Segments uploads with cached models and segmenters; every bad input raises a one-line :class:`InputError`.
 
+    What a request can make the service hold is bounded: :data:`CACHED_MODELS` models and
+    :data:`CACHED_SEGMENTERS` vocabularies (least recently used dropped), :data:`MAX_CLASSES` class names of at
+    most :data:`MAX_NAME_CHARS` characters, uploads of at most :data:`MAX_UPLOAD_PIXELS` pixels (checked from
+    the file's header, before decoding) shrunk to the protocol's short side before segmentation.
+
     Args:
         device: torch device for every model (default: CPU).
+        weights: the weights a request may name (the bundled model is always among them); ``None`` allows any
+            name, path or hub id that :func:`groupvit.load_pretrained` takes (for a trusted machine only: a
+            request could then read local files or start downloads).
     """
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", weights: Sequence[str] | None = None) -> None:
         self.device = device
-        self._models: dict[str, Any] = {}
+        self.allowed = None if weights is None else tuple(dict.fromkeys([*map(_key, weights), BUNDLED]))
+        self._models: OrderedDict[str, Any] = OrderedDict()
         self._segmenters: OrderedDict[tuple, Segmenter] = OrderedDict()
 
     def model(self, weights: str) -> Any:
-        """The model of ``weights`` (a name or a local path), loaded on first use."""
+        """The model of ``weights`` (an allowed name or path), loaded on first use."""
         from groupvit.weights import load_pretrained
 
-        key = str(weights).strip()
+        key = _key(weights)
         if not key:
-            raise InputError("no weights given; pick a name from the list or give a local path")
-        if key not in self._models:
-            self._models[key] = load_pretrained(key, device=self.device)
-        return self._models[key]
+            raise InputError("no weights given; pick a name from the list")
+        if self.allowed is not None and key not in self.allowed:
+            # The same answer whether or not such a file or name exists: nothing is probed.
+            raise InputError(f"these weights are not offered here; pick one of: {', '.join(self.allowed)}")
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        model = load_pretrained(key, device=self.device)
+        self._models[key] = model
+        while len(self._models) > CACHED_MODELS:
+            dropped, _ = self._models.popitem(last=False)
+            for cached in [k for k in self._segmenters if k[0] == dropped]:
+                del self._segmenters[cached]
+        return model
 
     def short_side(self, weights: str) -> int:
         """The model's evaluation scale: 448 (official protocol), or the training size of a smaller model."""
@@ -104,7 +186,7 @@ class SegmentationService:
         precision: str = "fp32",
     ) -> Segmenter:
         """A segmenter for these settings; the last few are kept, so a vocabulary is encoded once."""
-        names = normalize_class_names(classes)
+        names = check_class_list(classes)
         key = (str(weights).strip(), names, bool(background), float(bg_thresh), mode, refine, precision)
         if key in self._segmenters:
             self._segmenters.move_to_end(key)
@@ -122,6 +204,8 @@ class SegmentationService:
         """The upload as ``uint8 [H, W, 3]``, shrunk to ``short_side`` (never below the official 448) if larger."""
         if image is None:
             raise InputError("no image: upload one first")
+        if isinstance(image, str | Path):
+            check_upload_pixels(Path(image))
         rgb = read_image(image)
         height, width = rgb.shape[:2]
         if min(height, width) < MIN_SIDE:
@@ -149,26 +233,40 @@ class SegmentationService:
         counts = np.bincount(result.labels.ravel(), minlength=len(result.label_names))
         order = np.argsort(-counts, kind="stable")
         table = [[result.label_names[i], round(100 * counts[i] / counts.sum(), 2)] for i in order if counts[i] > 0]
-        return PageResult(np.asarray(picture), groups, table, result.labels, result.label_names)
+        return PageResult(np.asarray(picture), groups, table, result.labels, result.label_names,
+                          segment_command(weights, segmenter, refine, precision))
 
 
 class App:
     """The Gradio page around a :class:`SegmentationService`.
 
+    Safe to expose by default: visitors pick only among ``weights`` and the bundled model, and every request is
+    bounded (:class:`SegmentationService`; uploads of at most :data:`MAX_UPLOAD_MB` MB). Requests run one at a
+    time in arrival order, at most :data:`QUEUE_SIZE` waiting; the page's files are deleted as it goes
+    (:data:`KEPT_LABEL_FILES`, :data:`CACHE_S`) and all of them at :meth:`close`.
+
     Args:
-        weights: the weights selected when the page opens (loaded at start).
+        weights: the weights offered (a name or path, or several); the first is selected when the page opens
+            and loaded at start.
         examples: a folder whose images are offered as examples, beside a few generated synthetic scenes.
         device: torch device.
+        allow_any_weights: let visitors type any name, local path or hub id (a trusted machine only).
     """
 
-    def __init__(self, weights: str = BUNDLED, examples: str | Path | None = None, device: str = "cpu") -> None:
+    def __init__(self, weights: str | Sequence[str] = BUNDLED, examples: str | Path | None = None, device: str = "cpu",
+                 allow_any_weights: bool = False) -> None:
         import gradio as gr
 
-        self.service = SegmentationService(device)
+        offered = [weights] if isinstance(weights, str | Path) else list(weights) or [BUNDLED]
+        weights = _key(offered[0])
+        self.service = SegmentationService(device, None if allow_any_weights else offered)
         self.service.model(weights)  # fail at start, not at the first request
         self.files = Path(tempfile.mkdtemp(prefix="groupvit-app-"))
+        self._labels: deque[Path] = deque()
         example_paths = self._examples(examples)
-        with gr.Blocks(title="GroupViT: zero-shot segmentation", analytics_enabled=False) as self.blocks:
+        hint = "a name, or a local .pt / .pth / Hugging Face folder" if allow_any_weights else "offered by this server"
+        with gr.Blocks(title="GroupViT: zero-shot segmentation", analytics_enabled=False,
+                       delete_cache=CACHE_S) as self.blocks:
             gr.Markdown("# GroupViT: zero-shot segmentation\nUpload an image, name the classes (comma-separated), "
                         "press **Segment**. Every group of the image is given the class whose text matches it best.")
             with gr.Row():
@@ -184,8 +282,8 @@ class App:
                     refine = gr.Radio(list(REFINE_METHODS), value="none", label="refine the masks")
                     precision = gr.Radio(list(PRECISIONS), value="fp32",
                                          label="precision (bf16: faster where the CPU or GPU has native bfloat16)")
-                    chosen = gr.Dropdown(weight_choices(weights), value=weights, allow_custom_value=True,
-                                         label="weights (a name, or a local .pt / .pth / Hugging Face folder)")
+                    chosen = gr.Dropdown(weight_choices(offered, allow_any_weights), value=weights,
+                                         allow_custom_value=allow_any_weights, label=f"weights ({hint})")
                     button = gr.Button("Segment", variant="primary", elem_id="segment")
                 with gr.Column():
                     shown = gr.Image(label="segmentation", interactive=False, elem_id="overlay")
@@ -193,12 +291,14 @@ class App:
                     table = gr.Dataframe(headers=["class", "% of pixels"], label="classes found", interactive=False,
                                          elem_id="table")
                     download = gr.File(label="label map (PNG, VOC palette)", elem_id="download")
+                    command = gr.Textbox(label="the same on the command line", interactive=False,
+                                         elem_id="command")
             if example_paths:
                 gr.Examples([[str(p)] for p in example_paths], inputs=[image], label="examples")
             button.click(self.handle, inputs=[image, classes, chosen, background, threshold, mode, refine,
                                                  precision],
-                         outputs=[shown, groups, table, download], api_name="segment")
-        self.blocks.queue(default_concurrency_limit=1)
+                         outputs=[shown, groups, table, download, command], api_name="segment")
+        self.blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
 
     def _examples(self, folder: str | Path | None) -> list[Path]:
         from groupvit.data.images import list_images
@@ -217,7 +317,7 @@ class App:
         return paths
 
     def handle(self, image: str | None, classes: str, weights: str, background: bool, bg_thresh: float, mode: str,
-               refine: str, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, list[list[Any]], str]:
+               refine: str, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, list[list[Any]], str, str]:
         """The button's callback: page outputs, or the error shown in the page."""
         import gradio as gr
 
@@ -229,7 +329,10 @@ class App:
             raise gr.Error(str(err), print_exception=False) from None
         path = Path(tempfile.mkdtemp(dir=self.files)) / "labels.png"
         save_png(label_image(result.labels), path)
-        return result.overlay, result.groups, result.table, str(path)
+        self._labels.append(path)
+        while len(self._labels) > KEPT_LABEL_FILES:  # served long since from Gradio's own copy
+            shutil.rmtree(self._labels.popleft().parent, ignore_errors=True)
+        return result.overlay, result.groups, result.table, str(path), result.command
 
     def launch(self, host: str = "127.0.0.1", port: int | None = 7860, **kwargs: Any) -> Any:
         """Serve the page (blocking unless ``prevent_thread_lock=True``); system fonts only, errors shown.
@@ -245,9 +348,14 @@ class App:
         block = not kwargs.pop("prevent_thread_lock", False)
         result = self.blocks.launch(server_name=host, server_port=port, theme=theme, show_error=True, ssr_mode=False,
                                     allowed_paths=[str(self.files)], footer_links=[], quiet=True,
-                                    prevent_thread_lock=True, **kwargs)
+                                    max_file_size=f"{MAX_UPLOAD_MB}mb", prevent_thread_lock=True, **kwargs)
         if announce:  # one line of our own instead of Gradio's banner and its public-link hint
             print(f"groupvit app: serving {self.blocks.local_url} (Ctrl-C stops)", flush=True)
         if block:
             self.blocks.block_thread()
         return result
+
+    def close(self) -> None:
+        """Stop the server; Gradio deletes its copies of uploads and results, and the page's own folder goes too."""
+        self.blocks.close()
+        shutil.rmtree(self.files, ignore_errors=True)

@@ -10,6 +10,7 @@ Without torchrun every helper answers for a world of one and no process group is
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO, TypeVar
 
@@ -70,14 +71,41 @@ def sum_counts(values: np.ndarray) -> np.ndarray:
     return out.numpy()
 
 
+class LineStream:
+    """A stream for tqdm where stderr is not a terminal (a log file, a pipe): each refresh of the bar becomes one
+    whole line, and the blanking writes around :meth:`tqdm.write` vanish, so messages never share a line with it.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        for part in text.replace("\n", "\r").split("\r"):
+            if part.strip():
+                self.stream.write(part.rstrip() + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+# Seconds between two progress lines when stderr is not a terminal.
+LINE_INTERVAL_S = 30.0
+
+
 class GlobalProgress:
     """One tqdm bar on rank 0 counting the items of all ranks.
 
-    :meth:`advance` is a collective: every rank calls it once per round, with the items it finished.
+    :meth:`advance` is a collective: every rank calls it once per round, with the items it finished. On a
+    terminal the bar redraws in place; elsewhere it prints a line at most every :data:`LINE_INTERVAL_S`
+    seconds and at the end (:class:`LineStream`).
     """
 
     def __init__(self, total: int, desc: str, disable: bool = False) -> None:
-        self.bar = tqdm(total=total, desc=desc, unit="img", disable=disable or rank() != 0)
+        interactive = sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit="img", disable=disable or rank() != 0,
+                        file=sys.stderr if interactive else LineStream(sys.stderr),
+                        mininterval=0.1 if interactive else LINE_INTERVAL_S)
         self.done = 0
 
     def advance(self, count: int) -> int:

@@ -15,10 +15,16 @@ HELP = "serve the zero-shot segmentation web page (Gradio) on this machine; need
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", default=None,
-                        help="weights selected when the page opens: a name (synthetic-small, gcc-yfcc, ...) or a "
-                             "local path (default: the bundled synthetic-small)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    parser.add_argument("--weights", action="append", default=None,
+                        help="weights the page offers, repeatable; the first is selected when it opens: a name "
+                             "(synthetic-small, gcc-yfcc, ...) or a local path (default: the bundled synthetic-small, "
+                             "which is always offered)")
+    parser.add_argument("--allow-any-weights", action="store_true",
+                        help="let visitors type any weights name, local path or hub id (the server then reads any "
+                             "file and starts any download a visitor names: for a trusted machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine; 0.0.0.0: every network, safe "
+                             "with the default limits)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--examples", default=None, help="folder of images to offer as examples")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -32,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
     from groupvit.app import App
     from groupvit.pretrained import BUNDLED
 
-    App(args.weights or BUNDLED, args.examples, args.device).launch(args.host, args.port)
+    App(args.weights or [BUNDLED], args.examples, args.device, args.allow_any_weights).launch(args.host, args.port)
     return 0

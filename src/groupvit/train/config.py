@@ -33,6 +33,8 @@ import yaml
 from groupvit.config import GroupViTConfig, get_config
 from groupvit.errors import ConfigError
 from groupvit.fileio import atomic_path
+from groupvit.model import GroupViT
+from groupvit.train.finetune import init_config, load_init, trainable_patterns
 from groupvit.train.group_objectives import check_group_objectives
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -74,6 +76,8 @@ class TrainSection:
     # Group-level objectives beyond the paper, {name: weight} (groupvit.train.group_objectives): affinity,
     # anti_copy, prototype, mix. Empty (official): the loss is the paper's.
     group_objectives: dict[str, float] = field(default_factory=dict)
+    # What trains (groupvit.train.finetune): all, vision, group-tokens, or a list of parameter-name patterns.
+    trainable: Any = "all"
     # Stop after this many optimizer steps (the schedule still spans all epochs; a later run with a larger
     # value or 0 resumes from the checkpoint written there). 0 = train to the end.
     max_steps: int = 0
@@ -102,6 +106,9 @@ class TrainSection:
         if not isinstance(self.group_objectives, Mapping):
             raise ConfigError("train.group_objectives must map objective names to weights, e.g. {affinity: 1.0}")
         self.group_objectives = check_group_objectives(self.group_objectives)
+        if isinstance(self.trainable, list | tuple):
+            self.trainable = [str(p) for p in self.trainable]
+        trainable_patterns(self.trainable)
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
         if self.accumulation_steps < 0:
@@ -148,14 +155,34 @@ class TrainConfig:
     data: dict[str, Any] = field(default_factory=dict)
     train: TrainSection = field(default_factory=TrainSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    _init: Any = field(default=None, init=False, repr=False, compare=False)  # the loaded model.init weights
 
     def model_config(self) -> GroupViTConfig:
-        """The GroupViT architecture: the preset with the other ``model`` keys merged over it."""
+        """The GroupViT architecture: the preset (or the weights of ``model.init``) with the other ``model`` keys
+        merged over it."""
         overrides = dict(self.model)
         preset = overrides.pop("preset", None)
+        init = overrides.pop("init", None)
+        if init is not None:
+            if preset is not None:
+                raise ConfigError("model.preset and model.init are both given; the architecture comes from the weights "
+                                  "of model.init: drop model.preset")
+            weights = self.init_weights()
+            merged = GroupViTConfig.from_dict(deep_merge(weights.config.to_dict(), overrides))
+            return init_config(weights, overrides, str(init), merged)
         if not isinstance(preset, str):
-            raise ConfigError("model.preset must name a preset (gcc-yfcc, gcc-redcaps, small, synthetic, tiny)")
+            raise ConfigError("model.preset must name a preset (gcc-yfcc, gcc-redcaps, small, synthetic, tiny), or "
+                              "model.init weights to start from")
         return GroupViTConfig.from_dict(deep_merge(get_config(preset).to_dict(), overrides))
+
+    def init_weights(self) -> GroupViT | None:
+        """The model of ``model.init`` (loaded once per config), or None for a run from scratch."""
+        source = self.model.get("init")
+        if source is None:
+            return None
+        if self._init is None:
+            self._init = load_init(str(source))
+        return self._init
 
     def data_config(self) -> dict[str, Any]:
         """The ``data`` section with ``multi_label``, ``context_length`` and ``image.image_size`` filled in

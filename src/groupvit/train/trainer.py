@@ -66,6 +66,7 @@ from groupvit.train.distributed import (
     synchronize_head_batchnorm,
     wrap_ddp,
 )
+from groupvit.train.finetune import apply_trainable, keep_frozen_batchnorm
 from groupvit.train.logging import MetricLogger
 from groupvit.train.losses import ContrastiveObjective, LossOutput
 from groupvit.train.optim import WarmupCosineSchedule, build_optimizer, scale_lr
@@ -253,6 +254,9 @@ class Trainer:
         # Same seed on every rank: identical initial weights (DDP would broadcast rank 0's anyway).
         seed_everything(self.config.train.seed)
         model = GroupViT(self.config.model_config())
+        init = self.config.init_weights()
+        if ckpt is None and init is not None:  # fine-tuning: the weights of model.init (a checkpoint's replace them)
+            model.load_state_dict(init.state_dict())
         if ckpt is not None:
             try:
                 model.load_state_dict(ckpt["model"])
@@ -304,6 +308,9 @@ class Trainer:
         state = TrainState(**ckpt["train_state"]) if ckpt is not None else TrainState()
 
         model = self._build_model(ckpt)
+        trainable, total = apply_trainable(model, t.trainable)
+        if env.is_main:
+            print(f"training {trainable:,} of {total:,} parameters (train.trainable={t.trainable})", file=sys.stderr)
         objective = ContrastiveObjective(model, t.multi_label_loss_weight, t.multi_label_pooling,
                                          t.group_objectives)
         wrapped: torch.nn.Module = objective
@@ -354,6 +361,7 @@ class Trainer:
         result = TrainResult(step=state.step, model=model)
         window = _Window()
         model.train()
+        keep_frozen_batchnorm(model)
 
         def evaluate(epoch: int) -> dict[str, float]:
             if not hooks:
@@ -364,6 +372,7 @@ class Trainer:
                 for hook in hooks:
                     metrics.update(hook(model, state.step) or {})
             model.train()
+            keep_frozen_batchnorm(model)
             metrics = broadcast_object(metrics)
             logger.log({"step": state.step, "epoch": epoch, **metrics}, kind="eval")
             result.metrics = metrics
