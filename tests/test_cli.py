@@ -96,7 +96,7 @@ def test_skip_lines_never_share_a_line_with_the_progress_bar(scenes, tmp_path):
     lines = proc.stderr.splitlines()
     assert "\r" not in proc.stderr
     skipped = [line for line in lines if "broken.png" in line]
-    assert len(skipped) == 1 and skipped[0].startswith("groupvit segment: skipped broken.png: "), lines
+    assert len(skipped) == 1 and skipped[0].startswith(f"groupvit segment: skipped {folder / 'broken.png'}: "), lines
     bars = [line for line in lines if "%|" in line]
     assert bars and all(line.startswith("segment: ") for line in bars) and "4/4" in bars[-1], lines
 
