@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -137,6 +140,76 @@ def test_killed_segment_resumes_without_rewriting(scenes, tmp_path):
     assert other.stderr.strip().splitlines() == [
         f"groupvit segment: error: --skip-existing: {out} was written with other settings (classes); use another "
         "--out, or run without --skip-existing to overwrite"]
+
+
+def test_killed_two_process_run_resumes_to_the_unkilled_outputs(scenes, tmp_path):
+    """torchrun, 2 processes, SIGKILL to both part-way; --skip-existing finishes it. A broken input is failed and
+    recorded as such in the manifest; no temporary file outlives the resume."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sources = sorted(images_of(scenes).glob("*.jpg"))
+    for i in range(24):
+        shutil.copy(sources[i % 7], folder / f"img{i:02d}.jpg")
+    (folder / "img07.jpg").write_bytes(b"not a jpeg")
+    common = ["segment", str(folder), "--classes", SHAPES, "--weights", "synthetic-small", "--mode", "whole",
+              "--short-side", "256", "--batch-size", "1", "--quiet", "--skip-existing"]
+    full = torchrun(2, *common, "--out", str(tmp_path / "full"))
+    assert full.returncode == 1, full.stderr  # one input failed, the others written
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([str(TORCHRUN), "--standalone", "--nproc-per-node=2", str(SCRIPT), *common, "--out",
+                             str(out)], env={**os.environ, **ONE_THREAD, "CUDA_VISIBLE_DEVICES": ""},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while len(list(out.glob("*_labels.png"))) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+    proc.wait()
+    labels = list(out.glob("*_labels.png"))
+    assert 4 <= len(labels) < 23, "the run was not killed part-way"
+    stale = out / ".img20_labels.png.k1ll3d.tmp"  # what a kill in the middle of a write leaves
+    stale.write_bytes(b"partial")
+
+    again = torchrun(2, *common, "--out", str(out))
+    assert again.returncode == 1, again.stderr
+    assert pngs(out) == pngs(tmp_path / "full") and len(pngs(out)) == 23 * 3
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    failed = [entry for entry in entries if entry["status"] == "failed"]
+    assert len(failed) == 2 and {entry["input"] for entry in failed} == {"img07.jpg"}  # once per run that reached it
+    assert all("img07.jpg" in entry["error"] and "not an image" in entry["error"] for entry in failed)
+    written = {entry["input"] for entry in entries if entry["status"] == "written"}
+    skipped = {entry["input"] for entry in entries if entry["status"] == "skipped"}
+    assert written | skipped == {f"img{i:02d}.jpg" for i in range(24)} - {"img07.jpg"}
+
+
+def test_named_weights_are_downloaded_once_by_rank_0(scenes, tmp_path):
+    from test_pretrained import Release
+
+    from groupvit.pretrained import BUNDLED, local_path
+
+    payload = local_path(BUNDLED).read_bytes()  # the bundled model, served as a release
+    digest = hashlib.sha256(payload).hexdigest()[:8]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Release)
+    httpd.payload, httpd.truncate, httpd.requests = payload, 0, 0
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {**os.environ, **ONE_THREAD, "CUDA_VISIBLE_DEVICES": "", "GROUPVIT_CACHE": str(tmp_path / "cache"),
+               "GROUPVIT_TEST_RELEASE_URL": f"http://127.0.0.1:{httpd.server_port}",
+               "GROUPVIT_TEST_RELEASE_NAME": "test-release", "GROUPVIT_TEST_RELEASE_FILE": f"test-{digest}.pt"}
+        proc = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node=2",
+                               str(Path(__file__).parent / "release_cli.py"), "segment", str(images_of(scenes)),
+                               "--classes", SHAPES, "--weights", "test-release", "--mode", "whole", "--short-side",
+                               "64", "--quiet", "--out", str(tmp_path / "out")], env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert proc.returncode == 0, proc.stderr
+    assert httpd.requests == 1
+    assert (tmp_path / "cache" / f"test-{digest}.pt").read_bytes() == payload
+    assert len(list((tmp_path / "out").glob("*_labels.png"))) == 7
 
 
 def test_segment_reads_webdataset_shards(scenes, tmp_path):

@@ -1,7 +1,8 @@
 """Numeric precision of inference and training: float32, or bfloat16 autocast where the hardware runs it natively.
 
 ``bf16`` runs the matrix multiplies and convolutions in bfloat16 under :func:`torch.autocast` (weights stay
-float32; softmax, normalisation and the losses are computed in float32 by autocast's own policy). It pays
+float32; the assignment softmax and its Gumbel noise, the soft maps, class scores, contrastive logits and
+losses are computed in float32 by the model, the segmenter and the training objective). It pays
 only where bfloat16 arithmetic is native: CUDA devices that report it, and CPUs with AVX-512 BF16 or AMX
 (x86) or the BF16 extension (Arm). Elsewhere PyTorch emulates it, slower than float32, so a ``bf16``
 request falls back to float32 with one warning line.

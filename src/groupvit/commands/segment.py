@@ -214,6 +214,18 @@ def _write_outputs(result: SegmentationResult, image: np.ndarray, paths: list[Pa
     return [paths[0], *written]
 
 
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete the temporary files of outputs that a killed run was writing (``atomic_path``'s ``.NAME.*.tmp``).
+
+    Called by rank 0 before any rank writes; returns what was deleted.
+    """
+    patterns = [f".*_{kind}.png.*.tmp" for kind in ("labels", "overlay", "groups")] + [f".{SETTINGS_FILE}.*.tmp"]
+    stale = [path for pattern in patterns for path in out.glob(pattern)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def record_settings(out: Path, settings: dict, keep_existing: bool) -> None:
     """Record the run's settings in ``out/segment-settings.json`` (every run that writes outputs does).
 
@@ -302,6 +314,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
     if env.is_main:
         try:
             record_settings(out, settings, keep_existing=args.skip_existing)
+            remove_stale_temporaries(out)
         except OSError as err:
             refusal = f"cannot write to {out}: {err.strerror or err}"
         except InputError as err:
