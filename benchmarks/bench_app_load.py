@@ -85,8 +85,8 @@ def main() -> None:
                          ("abuse, one client", abuse)):
         count = sum(report.answers.values())
         rate = count / report.seconds if report.seconds else float("nan")
-        lat = " / ".join(f"{report.percentile(q):.3f}" for q in (50, 90, 99))
-        lat += f" / {max(report.latencies, default=float('nan')):.3f} s" if report.latencies else " (not timed)"
+        lat = (" / ".join(f"{report.percentile(q):.3f}" for q in (50, 90, 99)) + f" / {max(report.latencies):.3f} s"
+               if report.latencies else "not timed")
         lines.append(f"| {name} | {count} | {rate:.1f} | {lat} | {len(report.wrong)} |")
     lines += [
         "", f"Abuse answers: {dict(abuse.answers)}; after them a valid request was "

@@ -16,8 +16,9 @@ limit lines.
 
 Accuracy: label and group-map agreement with eager fp32 PyTorch, and zero-shot mIoU, of (a) the bundled
 synthetic model on ``--scenes`` fresh synthetic scenes (seed 2027, all pairs), and (b) the official
-architecture with random weights and decisive assignments (the parity tests' set-up) on 448² images
-segmented with the official protocol (21 classes, sliding windows).
+architecture with random weights and decisive assignments (the parity tests' set-up) on 448x560 images
+segmented with the official protocol (21 classes, sliding windows); its class embeddings are the image's own
+final group embeddings and random directions, since random text embeddings score all classes alike.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ def decisive(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def decisive_classes(segmenter: Segmenter, image: np.ndarray, count: int) -> torch.Tensor:
+    """``count`` class embeddings ``[count, D]`` that random weights score decisively, as a trained model's are:
+    the final group embeddings of the image's first window (eager fp32), then random directions."""
+    x, _ = segmenter.prepare(image)
+    with torch.inference_mode():
+        groups = segmenter.encode(x[None, :, :segmenter.window, :segmenter.window]).group_embeds[0].float()
+    extra = torch.randn(count - groups.shape[0], groups.shape[1], generator=torch.Generator().manual_seed(0))
+    return torch.cat([groups, torch.nn.functional.normalize(extra, dim=-1)])
+
+
 def speed(args: argparse.Namespace, folder: Path) -> dict[str, dict[str, list[float]]]:
     """Per workload, the timings of every variant and of transformers."""
     model = workloads.build_ours()
@@ -115,14 +126,27 @@ def speed(args: argparse.Namespace, folder: Path) -> dict[str, dict[str, list[fl
 
 
 def agreement(model: Any, folder: Path, names: tuple[str, ...], images: list[np.ndarray],
-              truths: list[np.ndarray] | None, **settings: Any) -> dict[str, tuple[float, float, float]]:
-    """Per variant: (label agreement %, final-group-map agreement %, mIoU or nan) against eager fp32."""
+              truths: list[np.ndarray] | None, decisive_text: bool = False,
+              **settings: Any) -> dict[str, tuple[float, float, float]]:
+    """Per variant: (label agreement %, final-group-map agreement %, mIoU or nan) against eager fp32.
+
+    ``decisive_text``: per image, the class embeddings are :func:`decisive_classes` (random weights' text
+    embeddings score every class alike, so that any rounding would flip labels).
+    """
     export_onnx(model, folder, int8=True)
     out: dict[str, tuple[float, float, float]] = {}
     reference: list[Any] = []
     for name, backend, precision in measured_variants():
         tower = model if backend == "torch" else folder
-        results = Segmenter(tower, names, backend=backend, precision=precision, **settings)(images)
+        segmenter = Segmenter(tower, names, backend=backend, precision=precision, **settings)
+        if decisive_text:
+            eager = Segmenter(model, names, **settings)
+            results = []
+            for image in images:
+                segmenter.text_embeds = decisive_classes(eager, image, len(names))
+                results.append(segmenter(image))
+        else:
+            results = segmenter(images)
         reference = reference or results
         labels = np.mean([np.mean(a.labels == b.labels) for a, b in zip(results, reference, strict=True)])
         groups = np.mean([np.mean(a.group_maps[-1] == b.group_maps[-1])
@@ -144,10 +168,12 @@ def accuracy(args: argparse.Namespace, folder: Path) -> dict[str, dict[str, tupl
                           [s.image for s in scenes], [s.labels for s in scenes], mode="whole", short_side=64)
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (448, 560, 3), dtype=np.uint8) for _ in range(args.official_images)]
-    official = agreement(decisive(workloads.build_ours()), folder / "official", workloads.CLASS_NAMES, images, None)
+    official = agreement(decisive(workloads.build_ours()), folder / "official", workloads.CLASS_NAMES, images, None,
+                         decisive_text=True)
     return {f"bundled synthetic-small, {args.scenes} synthetic scenes (64 px, seed 2027)": synthetic,
-            f"official architecture, random decisive weights, {args.official_images} images 448x560 "
-            "(slide mode, 21 classes)": official}
+            f"official architecture, random weights with decisive assignments and class embeddings (the image's "
+            f"own final groups and random directions), {args.official_images} images 448x560 (slide mode, 21 "
+            "classes)": official}
 
 
 def render(args: argparse.Namespace, times: dict[str, dict[str, list[float]]],

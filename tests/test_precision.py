@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,8 @@ from groupvit.segment import Segmenter
 from groupvit.train.losses import ContrastiveObjective
 from groupvit.train.trainer import Trainer, amp_settings
 from groupvit.weights import load_pretrained
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def _native(monkeypatch: pytest.MonkeyPatch, value: bool) -> None:
@@ -103,17 +107,20 @@ def test_bundled_model_bf16_agrees_with_fp32(native):
 
 
 def test_official_architecture_bf16_agrees_at_448(native):
+    """The parity set-up (random weights, decisive assignments) at 448x560 in slide mode, with decisive class
+    embeddings (random text embeddings score every class alike: any rounding would flip labels)."""
+    from bench_backends import decisive, decisive_classes
+
     torch.manual_seed(0)
-    model = groupvit.create_model("gcc-yfcc").eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, AssignAttention):
-                module.q_proj.weight.mul_(30)  # decisive assignments, as trained ones are (the parity set-up)
-    image = np.random.default_rng(0).integers(0, 256, (448, 560, 3), dtype=np.uint8)
-    names = ["cat", "dog", "grass", "sky", "car", "person", "tree", "road"]
-    fp32, bf16 = (Segmenter(model, names, precision=p)(image) for p in ("fp32", "bf16"))
-    labels, groups = _agreement([fp32], [bf16])
-    assert labels >= 0.99 and groups >= 0.95, (labels, groups)
+    model = decisive(groupvit.create_model("gcc-yfcc").eval())
+    image = np.random.default_rng(1).integers(0, 256, (448, 560, 3), dtype=np.uint8)
+    names = [f"class {i}" for i in range(21)]
+    fp32, bf16 = (Segmenter(model, names, precision=p) for p in ("fp32", "bf16"))
+    fp32.text_embeds = bf16.text_embeds = decisive_classes(fp32, image, len(names))
+    a, b = fp32(image), bf16(image)
+    labels, groups = _agreement([a], [b])
+    assert len(np.unique(a.labels)) > 1  # not all background
+    assert labels >= 0.99 and groups >= 0.95, (labels, groups)  # measured 99.2 % and 97.7 %
 
 
 def test_onnx_backends_refuse_bf16():
