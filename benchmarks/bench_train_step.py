@@ -7,9 +7,11 @@ Run from the repository root (prints a Markdown block for BENCHMARKS.md)::
 One optimizer step of ``groupvit train`` (forward of both towers, the loss, backward, gradient clipping,
 fused AdamW) on a fixed batch, for two set-ups: the synthetic recipe (``synthetic`` preset, batch 128 of
 64² images, 1 + 3 texts per image, max-group multi-label pooling, the colour-affinity objective) and the
-official architecture (``gcc-yfcc``, batch 8 of 224² images). fp32 and bf16 alternate in rounds of
-``--steps`` steps on two copies of the same model; medians per step. bf16 is measured only where the CPU
-computes it natively (AVX-512 BF16 or AMX).
+official architecture (``gcc-yfcc``, batch 8 of 224² images). fp32, bf16 and fp32 with the text tower frozen
+(``train.trainable=vision``: on this fixed batch every text comes from the cache after the first step, the
+bound of what the cache saves; with fresh captions every step only the prompts repeat) alternate in rounds of
+``--steps`` steps on copies of the same model; medians per step. bf16 is measured only where the CPU computes
+it natively (AVX-512 BF16 or AMX).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ import torch
 
 import groupvit
 from groupvit.precision import bf16_native
+from groupvit.train.finetune import apply_trainable, keep_frozen_batchnorm
 from groupvit.train.losses import ContrastiveObjective
 from groupvit.train.optim import build_optimizer
 
+# Fine-tuning with the text tower and its head frozen (train.trainable=vision): its embeddings are cached.
+FROZEN = "fp32, text frozen (cached)"
 SETUPS = {  # name: (preset, batch, image size, multi-label pooling, group objectives)
     "synthetic recipe (batch 128, 64², affinity)": ("synthetic", 128, 64, "max-group", {"affinity": 1.0}),
     "official architecture gcc-yfcc (batch 8, 224²)": ("gcc-yfcc", 8, 224, "image", {}),
@@ -40,7 +45,9 @@ class Runner:
     """One model, its objective and optimiser; :meth:`step` runs one optimizer step on the fixed batch."""
 
     def __init__(self, model: groupvit.GroupViT, pooling: str, objectives: dict[str, float], amp: bool,
-                 images: torch.Tensor, texts: torch.Tensor) -> None:
+                 images: torch.Tensor, texts: torch.Tensor, trainable: str = "all") -> None:
+        apply_trainable(model, trainable)
+        keep_frozen_batchnorm(model)
         self.objective = ContrastiveObjective(model, 1.0, pooling, objectives)
         self.optimizer = build_optimizer(model, 1e-4)
         self.amp, self.images, self.texts = amp, images, texts
@@ -64,8 +71,8 @@ def measure(setup: tuple, rounds: int, steps: int, variants: tuple[str, ...]) ->
     images = torch.randn(batch, 3, size, size)
     texts = torch.randint(1, 400, (batch, 1 + k, model.config.text.context_length))
     texts[:, :, 12:] = 0
-    runners = {name: Runner(copy.deepcopy(model), pooling, objectives, name == "bf16", images, texts)
-               for name in variants}
+    runners = {name: Runner(copy.deepcopy(model), pooling, objectives, name.startswith("bf16"), images, texts,
+                            "vision" if "text frozen" in name else "all") for name in variants}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(rounds + 1):
         for name in variants[r % len(variants):] + variants[:r % len(variants)]:
@@ -85,6 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = ("fp32", "bf16") if bf16_native("cpu") else ("fp32",)
+    variants += (FROZEN,)
     start = time.perf_counter()
     results = {title: measure(setup, args.rounds, args.steps, variants) for title, setup in SETUPS.items()}
     flags = machine.cpu_flags()
@@ -99,14 +107,14 @@ def main() -> None:
         f"* Command: `PYTHONPATH=src python benchmarks/bench_train_step.py {' '.join(sys.argv[1:])}`".rstrip(),
         f"* {args.rounds} rounds of {args.steps} steps per variant after a warm-up round, alternating; "
         "median (best) seconds per step.", "",
-        "| set-up | " + " | ".join(variants) + (" | bf16 speed-up |" if len(variants) > 1 else ""),
-        "|---" * (1 + len(variants) + (len(variants) > 1)) + "|",
+        "| set-up | " + " | ".join(variants) + " | " + " | ".join(f"{v} vs fp32" for v in variants[1:]) + " |",
+        "|---" * (2 * len(variants)) + "|",
     ]
     for title, times in results.items():
         med = {name: statistics.median(t) for name, t in times.items()}
         cells = [f"{med[name]:.2f} ({min(times[name]):.2f}) s" for name in variants]
-        ratio = [f"{med['fp32'] / med['bf16']:.2f}×"] if "bf16" in med else []
-        lines.append(f"| {title} | " + " | ".join(cells + ratio) + " |")
+        ratios = [f"{med['fp32'] / med[name]:.2f}×" for name in variants[1:]]
+        lines.append(f"| {title} | " + " | ".join(cells + ratios) + " |")
     print("\n".join(lines))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train_smoke import _config, _RepeatedPairs
+from test_train_smoke import _config, _RepeatedPairs, one_thread  # noqa: F401 (autouse fixture)
 from test_weights import official_checkpoint
 
 import groupvit
@@ -14,14 +14,6 @@ from groupvit.train.config import TrainConfig
 from groupvit.train.distributed import DistEnv
 from groupvit.train.finetune import apply_trainable
 from groupvit.train.trainer import Trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny(path, seed=3):
@@ -130,3 +122,29 @@ def test_a_resumed_finetune_run_continues_exactly(tmp_path):
     assert resumed["train_state"]["step"] == straight["train_state"]["step"] == 4
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
+
+
+def test_a_frozen_text_tower_is_encoded_once_per_distinct_text():
+    from groupvit.train.finetune import keep_frozen_batchnorm
+    from groupvit.train.losses import ContrastiveObjective
+
+    torch.manual_seed(0)
+    model = groupvit.create_model("tiny").train()
+    apply_trainable(model, "vision")
+    keep_frozen_batchnorm(model)
+    batch = _RepeatedPairs(1).batch
+    rows = batch["texts"].reshape(-1, batch["texts"].shape[-1])
+    distinct = len({tuple(r.tolist()) for r in rows})
+    objective = ContrastiveObjective(model, 1.0)
+    out = objective(batch["images"], batch["texts"])
+    cache = objective.text_cache
+    assert cache is not None and out.total.requires_grad  # the image tower still gets its gradient
+    assert (cache.misses, cache.hits) == (distinct, len(rows) - distinct)
+    objective(batch["images"], batch["texts"])
+    assert (cache.misses, cache.hits) == (distinct, 2 * len(rows) - distinct)  # nothing encoded again
+    with torch.no_grad():
+        torch.testing.assert_close(cache(batch["texts"]), model.encode_text(batch["texts"], normalize=False),
+                                   rtol=1e-5, atol=1e-6)
+    training = ContrastiveObjective(groupvit.create_model("tiny"), 1.0)  # the text tower trains: no cache
+    training(batch["images"], batch["texts"])
+    assert training.text_cache is None

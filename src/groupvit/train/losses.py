@@ -51,6 +51,7 @@ from groupvit.train.group_objectives import (
     patch_colours,
     prototype_loss,
 )
+from groupvit.train.text_cache import TextCache, text_tower_frozen
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -284,6 +285,8 @@ class ContrastiveObjective(nn.Module):
         self.loss = GroupViTLoss(multi_label_weight)
         self.max_group = multi_label_pooling == "max-group"
         self.group_weights = {n: w for n, w in check_group_objectives(group_objectives or {}).items() if w > 0}
+        # Set at the first step when the text tower and its head are frozen (train.trainable): see text_cache.
+        self.text_cache: TextCache | None = None
 
     def forward(
         self, images: torch.Tensor, texts: torch.Tensor, prompt_words: torch.Tensor | None = None
@@ -307,7 +310,10 @@ class ContrastiveObjective(nn.Module):
                     groups = F.normalize(_at_least_fp32(encoding.group_embeds), dim=-1)
             else:
                 image = F.normalize(_at_least_fp32(self.model.encode_image(images, normalize=False)), dim=-1)
-        text = F.normalize(_at_least_fp32(self.model.encode_text(texts, normalize=False)), dim=-1)
+        if self.text_cache is None and text_tower_frozen(self.model):
+            self.text_cache = TextCache(self.model)
+        raw = self.text_cache(texts) if self.text_cache is not None else self.model.encode_text(texts, normalize=False)
+        text = F.normalize(_at_least_fp32(raw), dim=-1)
         scale = self.model.scale()
         ml_scale = self.model.scale(multi_label=True) if k > 0 else None
         with float32(images.device):  # the logits and losses, under a caller's bf16 autocast too
