@@ -224,7 +224,8 @@ def test_other_configs_load():
     assert synthetic.model_config().vision.stem == "conv" and "photo" in data.prompt_stopwords
     affinity = load_config(ROOT / "configs" / "synthetic-affinity.yaml").to_dict()
     expected = synthetic.to_dict()
-    expected["train"].update(epochs=5, amp="bf16", group_objectives={"affinity": 1.0}, output="output/synthetic-affinity")
+    expected["train"].update(epochs=5, amp="bf16", group_objectives={"affinity": 1.0},
+                             output="output/synthetic-affinity")
     assert affinity == expected  # the faithful synthetic recipe plus the extension, nothing else
     tiny = load_config(ROOT / "configs" / "tiny-cpu.yaml")
     assert tiny.train.device == "cpu" and tiny.data["sources"][0]["type"] == "random"
