@@ -41,9 +41,10 @@ MAX_NAME_CHARS = 80  # characters per class name
 MAX_UPLOAD_PIXELS = 40_000_000  # uploads with more pixels are refused from their header, before decoding
 MAX_UPLOAD_MB = 25  # larger uploads are refused by the server before they reach the page
 QUEUE_SIZE = 16  # requests waiting beyond this are refused ("queue full"); one runs at a time
-KEPT_LABEL_FILES = 4  # label-map downloads kept on disk by the page (Gradio serves its own copy)
+# Label-map downloads kept on disk: a client fetches its file after the answer, while the queue goes on, so a
+# link stays valid for this many later requests (twice the queue) and the files on disk stay bounded.
+KEPT_LABEL_FILES = 2 * QUEUE_SIZE
 CACHE_S = (60, 600)  # Gradio's copies of uploads and results: checked every 60 s, deleted after 600 s and at exit
-
 
 @dataclass
 class PageResult:
@@ -330,7 +331,7 @@ class App:
         path = Path(tempfile.mkdtemp(dir=self.files)) / "labels.png"
         save_png(label_image(result.labels), path)
         self._labels.append(path)
-        while len(self._labels) > KEPT_LABEL_FILES:  # served long since from Gradio's own copy
+        while len(self._labels) > KEPT_LABEL_FILES:
             shutil.rmtree(self._labels.popleft().parent, ignore_errors=True)
         return result.overlay, result.groups, result.table, str(path), result.command
 
