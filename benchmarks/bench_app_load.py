@@ -27,7 +27,7 @@ import torch
 from gradio_client import Client
 from PIL import Image
 
-from groupvit.app import KEPT_LABEL_FILES, App
+from groupvit.app import KEPT_RESULTS, App
 from groupvit.data.synthetic import SHAPES, SceneGenerator
 from groupvit.pretrained import BUNDLED
 from groupvit.segment import Segmenter
@@ -93,7 +93,7 @@ def main() -> None:
         f"{'answered right' if still is None else 'wrong: ' + still}.",
         f"Memory (resident set): {warm:.0f} MiB after warm-up, {after_load:.0f} MiB after the load, {end:.0f} MiB "
         f"after the abuse ({end - warm:+.0f} MiB).",
-        f"Files: {own} label maps of the page's own on disk at the end (at most {KEPT_LABEL_FILES} are kept), "
+        f"Files: {own} label maps of the page's own on disk at the end (at most {KEPT_RESULTS} are kept), "
         f"{alive} of "
         f"Gradio's {len(created)} copies of uploads and results still present; after closing the server, {left} "
         "files left.",

@@ -168,7 +168,7 @@ def test_load_and_abuse(served, tmp_path):
     if warm is not None and after is not None:
         assert after - warm < 300, (warm, after)  # MiB: eight cached vocabularies and Gradio's buffers
     labels = list(app.files.rglob("labels.png"))
-    assert 0 < len(labels) <= page.KEPT_LABEL_FILES
+    assert 0 < len(labels) <= page.KEPT_RESULTS
     created = [Path(f) for files in app.blocks.temp_file_sets for f in files]
     assert created  # Gradio's copies of uploads and results ...
     app.close()

@@ -41,9 +41,9 @@ MAX_NAME_CHARS = 80  # characters per class name
 MAX_UPLOAD_PIXELS = 40_000_000  # uploads with more pixels are refused from their header, before decoding
 MAX_UPLOAD_MB = 25  # larger uploads are refused by the server before they reach the page
 QUEUE_SIZE = 16  # requests waiting beyond this are refused ("queue full"); one runs at a time
-# Label-map downloads kept on disk: a client fetches its file after the answer, while the queue goes on, so a
-# link stays valid for this many later requests (twice the queue) and the files on disk stay bounded.
-KEPT_LABEL_FILES = 2 * QUEUE_SIZE
+# Results (pictures and label map) kept on disk as files: a client fetches them after the answer, while the
+# queue goes on, so they stay for this many later requests (twice the queue) and the disk use stays bounded.
+KEPT_RESULTS = 2 * QUEUE_SIZE
 CACHE_S = (60, 600)  # Gradio's copies of uploads and results: checked every 60 s, deleted after 600 s and at exit
 
 @dataclass
@@ -70,7 +70,7 @@ class PageResult:
 
 def segment_command(weights: str, segmenter: Segmenter, refine: str, precision: str, image: str = "IMAGE") -> str:
     """The command line that runs ``segmenter`` (weights, classes, background, window, refinement, precision)."""
-    words = ["groupvit", "segment", image, "--weights", str(weights).strip(), "--classes",
+    words = ["groupvit", "segment", image, "--weights", _key(weights), "--classes",
              ",".join(segmenter.class_names), "--mode", segmenter.mode, "--short-side", str(segmenter.short_side),
              "--window", str(segmenter.window), "--stride", str(segmenter.stride)]
     words += ["--bg-thresh", f"{segmenter.bg_thresh:g}"] if segmenter.background else ["--no-background"]
@@ -188,7 +188,7 @@ class SegmentationService:
     ) -> Segmenter:
         """A segmenter for these settings; the last few are kept, so a vocabulary is encoded once."""
         names = check_class_list(classes)
-        key = (str(weights).strip(), names, bool(background), float(bg_thresh), mode, refine, precision)
+        key = (_key(weights), names, bool(background), float(bg_thresh), mode, refine, precision)
         if key in self._segmenters:
             self._segmenters.move_to_end(key)
             return self._segmenters[key]
@@ -244,7 +244,7 @@ class App:
     Safe to expose by default: visitors pick only among ``weights`` and the bundled model, and every request is
     bounded (:class:`SegmentationService`; uploads of at most :data:`MAX_UPLOAD_MB` MB). Requests run one at a
     time in arrival order, at most :data:`QUEUE_SIZE` waiting; the page's files are deleted as it goes
-    (:data:`KEPT_LABEL_FILES`, :data:`CACHE_S`) and all of them at :meth:`close`.
+    (:data:`KEPT_RESULTS`, :data:`CACHE_S`) and all of them at :meth:`close`.
 
     Args:
         weights: the weights offered (a name or path, or several); the first is selected when the page opens
@@ -263,7 +263,7 @@ class App:
         self.service = SegmentationService(device, None if allow_any_weights else offered)
         self.service.model(weights)  # fail at start, not at the first request
         self.files = Path(tempfile.mkdtemp(prefix="groupvit-app-"))
-        self._labels: deque[Path] = deque()
+        self._results: deque[Path] = deque()  # one folder per answer, oldest first
         example_paths = self._examples(examples)
         hint = "a name, or a local .pt / .pth / Hugging Face folder" if allow_any_weights else "offered by this server"
         with gr.Blocks(title="GroupViT: zero-shot segmentation", analytics_enabled=False,
@@ -318,7 +318,7 @@ class App:
         return paths
 
     def handle(self, image: str | None, classes: str, weights: str, background: bool, bg_thresh: float, mode: str,
-               refine: str, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, list[list[Any]], str, str]:
+               refine: str, precision: str = "fp32") -> tuple[str, str, list[list[Any]], str, str]:
         """The button's callback: page outputs, or the error shown in the page."""
         import gradio as gr
 
@@ -328,12 +328,19 @@ class App:
             # The visitor sees the message in the page; the console gets one line, not a traceback.
             print(f"groupvit app: refused a request: {err}", file=sys.stderr, flush=True)
             raise gr.Error(str(err), print_exception=False) from None
-        path = Path(tempfile.mkdtemp(dir=self.files)) / "labels.png"
-        save_png(label_image(result.labels), path)
-        self._labels.append(path)
-        while len(self._labels) > KEPT_LABEL_FILES:
-            shutil.rmtree(self._labels.popleft().parent, ignore_errors=True)
-        return result.overlay, result.groups, result.table, str(path), result.command
+        # Every output goes out as a file of its own: Gradio copies files into its cache atomically, whereas it
+        # writes pictures given as arrays in place, under a name taken from their content, so two identical
+        # answers in flight would truncate each other's download.
+        folder = Path(tempfile.mkdtemp(dir=self.files))
+        files = [folder / name for name in ("overlay.png", "groups.png", "labels.png")]
+        for path, picture in zip(files, (Image.fromarray(result.overlay), Image.fromarray(result.groups),
+                                         label_image(result.labels)), strict=True):
+            save_png(picture, path)
+        self._results.append(folder)
+        while len(self._results) > KEPT_RESULTS:
+            shutil.rmtree(self._results.popleft(), ignore_errors=True)
+        overlay, groups, labels = map(str, files)
+        return overlay, groups, result.table, labels, result.command
 
     def launch(self, host: str = "127.0.0.1", port: int | None = 7860, **kwargs: Any) -> Any:
         """Serve the page (blocking unless ``prevent_thread_lock=True``); system fonts only, errors shown.
