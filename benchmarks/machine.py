@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from groupvit import precision
+
 
 def cpu_model() -> str:
     """CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
@@ -31,14 +33,7 @@ def cpu_model() -> str:
 
 def cpu_flags() -> set[str]:
     """The CPU feature flags (``avx2``, ``fma``, ``avx512f`` ...); empty when unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(precision.cpu_flags())
 
 
 def cpu_kind() -> str:

@@ -52,6 +52,7 @@ def bf16_native(device: torch.device | str = "cpu") -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=1)
 def _darwin_bf16() -> bool:
     """Apple silicon with the BF16 extension (M2 and later)."""
     try:

@@ -397,7 +397,7 @@ class Segmenter:
         size = (crops.shape[2], crops.shape[3])
         encoding = self.encode(crops)
         group_embeds = encoding.group_embeds.float()
-        chains = chain_assignments([a.soft.float() for a in encoding.assignments])
+        chains = chain_assignments([a.soft for a in encoding.assignments])
         expected = chains[-1].shape[-1] if chains else encoding.grid[0] * encoding.grid[1]
         if group_embeds.shape[1] != expected:
             raise InputError(
@@ -425,7 +425,7 @@ class Segmenter:
     def whole_image_group_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per grouping stage, ``int64 [h, w]`` group ids of a pre-processed image ``x [3, h, w]`` from one pass."""
         encoding = self.encode(x[None])
-        chains = chain_assignments([a.soft.float() for a in encoding.assignments])
+        chains = chain_assignments([a.soft for a in encoding.assignments])
         return [group_index_map(chain, encoding.grid, (x.shape[1], x.shape[2]))[0] for chain in chains]
 
     def _segment_batch(self, images: Sequence[ImageSource], groups: bool) -> list[SegmentationResult]:

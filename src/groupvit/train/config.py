@@ -156,6 +156,8 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     _init: Any = field(default=None, init=False, repr=False, compare=False)  # the loaded model.init weights
+    # (model section, architecture) last checked against the model.init weights (the check builds a model)
+    _init_config: Any = field(default=None, init=False, repr=False, compare=False)
 
     def model_config(self) -> GroupViTConfig:
         """The GroupViT architecture: the preset (or the weights of ``model.init``) with the other ``model`` keys
@@ -167,9 +169,11 @@ class TrainConfig:
             if preset is not None:
                 raise ConfigError("model.preset and model.init are both given; the architecture comes from the weights "
                                   "of model.init: drop model.preset")
-            weights = self.init_weights()
-            merged = GroupViTConfig.from_dict(deep_merge(weights.config.to_dict(), overrides))
-            return init_config(weights, overrides, str(init), merged)
+            if self._init_config is None or self._init_config[0] != self.model:
+                weights = self.init_weights()
+                merged = GroupViTConfig.from_dict(deep_merge(weights.config.to_dict(), overrides))
+                self._init_config = (copy.deepcopy(self.model), init_config(weights, overrides, str(init), merged))
+            return self._init_config[1]
         if not isinstance(preset, str):
             raise ConfigError("model.preset must name a preset (gcc-yfcc, gcc-redcaps, small, synthetic, tiny), or "
                               "model.init weights to start from")

@@ -285,8 +285,8 @@ class ContrastiveObjective(nn.Module):
         self.loss = GroupViTLoss(multi_label_weight)
         self.max_group = multi_label_pooling == "max-group"
         self.group_weights = {n: w for n, w in check_group_objectives(group_objectives or {}).items() if w > 0}
-        # Set at the first step when the text tower and its head are frozen (train.trainable): see text_cache.
-        self.text_cache: TextCache | None = None
+        # Text embeddings of a frozen text tower and head (train.trainable, applied before): see text_cache.
+        self.text_cache = TextCache(model) if text_tower_frozen(model) else None
 
     def forward(
         self, images: torch.Tensor, texts: torch.Tensor, prompt_words: torch.Tensor | None = None
@@ -310,8 +310,6 @@ class ContrastiveObjective(nn.Module):
                     groups = F.normalize(_at_least_fp32(encoding.group_embeds), dim=-1)
             else:
                 image = F.normalize(_at_least_fp32(self.model.encode_image(images, normalize=False)), dim=-1)
-        if self.text_cache is None and text_tower_frozen(self.model):
-            self.text_cache = TextCache(self.model)
         raw = self.text_cache(texts) if self.text_cache is not None else self.model.encode_text(texts, normalize=False)
         text = F.normalize(_at_least_fp32(raw), dim=-1)
         scale = self.model.scale()
@@ -338,14 +336,14 @@ class ContrastiveObjective(nn.Module):
             mixed = self.model.encode_image_groups(mix_images(images, masks, partner), normalize=False)
         with float32(images.device):
             if "affinity" in self.group_weights:
-                chain = chain_assignments([_at_least_fp32(a.soft) for a in encoding.assignments])[-1]
+                chain = chain_assignments([a.soft for a in encoding.assignments])[-1]
                 terms["affinity"] = affinity_loss(chain, patch_colours(images, encoding.grid))
             if "anti_copy" in self.group_weights:
                 terms["anti_copy"] = torch.stack([anti_copy_loss(s.queries) for s in stages]).mean()
             if "prototype" in self.group_weights:
                 terms["prototype"] = torch.stack([prototype_loss(s.tokens, s.segments) for s in stages]).mean()
             if mixed is not None:
-                terms["mix"] = mix_loss(chain_assignments([_at_least_fp32(a.soft) for a in mixed.assignments])[-1],
+                terms["mix"] = mix_loss(chain_assignments([a.soft for a in mixed.assignments])[-1],
                                         F.normalize(_at_least_fp32(mixed.group_embeds), dim=-1), captions, masks,
                                         partner, scale)
         return terms
