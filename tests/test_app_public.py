@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,9 +16,10 @@ from groupvit import app as page
 from groupvit.app import SegmentationService
 from groupvit.data.images import read_label_map
 from groupvit.data.synthetic import SHAPES, SceneGenerator
-from groupvit.errors import InputError
+from groupvit.errors import InputError, TimeLimitError
 from groupvit.pretrained import BUNDLED
 from groupvit.segment import Segmenter
+from groupvit.segment import segmenter as segmenter_module
 from groupvit.weights import load_pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -108,6 +110,34 @@ def test_uploads_above_the_pixel_limit_are_refused_before_decoding(tmp_path, mon
     monkeypatch.setattr(page, "MAX_UPLOAD_PIXELS", 64 * 64 - 1)
     with pytest.raises(InputError, match="the image is 64x64 pixels"):
         service.run(str(scene(tmp_path / "scene.png", 3)), CLASSES)
+
+
+def test_requests_stop_at_the_time_limit(tmp_path, monkeypatch):
+    service = SegmentationService(weights=[])
+    generator = SceneGenerator(image_size=64, seed=4, split="eval-all")
+    wide = np.concatenate([generator.sample(i).image for i in range(4)], axis=1)  # 64 x 256: 7 windows
+    image = tmp_path / "wide.png"
+    Image.fromarray(wide).save(image)
+    slow = service.segmenter(BUNDLED, CLASSES, True, 0.95, "slide", "none")
+    clock, crops = SimpleNamespace(now=0.0), []
+    monkeypatch.setattr(page, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    monkeypatch.setattr(segmenter_module, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    step = slow.segment_crops
+
+    def slow_crops(batch, groups=True):  # every batch of crops takes 0.3 s of the fake clock
+        crops.append(batch.shape[0])
+        clock.now += 0.3
+        return step(batch, groups)
+
+    monkeypatch.setattr(slow, "segment_crops", slow_crops)
+    monkeypatch.setattr(slow, "batch_size", 1)
+    monkeypatch.setattr(page, "REQUEST_TIME_S", 0.5)
+    with pytest.raises(TimeLimitError, match="^the request ran past its time limit and was stopped; try a smaller "):
+        service.run(str(image), CLASSES, mode="slide")
+    assert crops == [1, 1]  # of the 7 windows: the one that crossed the limit ran, no later one started
+    monkeypatch.setattr(page, "REQUEST_TIME_S", 60.0)
+    reference = Segmenter(load_pretrained(BUNDLED), CLASSES, mode="slide", short_side=64, window=64, stride=32)
+    assert (service.run(str(image), CLASSES, mode="slide").labels == reference(str(image)).labels).all()
 
 
 @pytest.fixture

@@ -56,3 +56,21 @@ def test_shipped_model_is_small_half_precision_and_loads():
     with torch.no_grad():
         text = model.encode_text(groupvit.tokenize(["a photo of a star.", "a photo of a heart."]))
     assert torch.isfinite(text).all()
+
+
+def test_demo_on_the_extended_shapes(tmp_path, capsys):
+    from groupvit.commands.demo import synthetic_segmenter
+
+    torch.manual_seed(0)
+    model = groupvit.create_model("tiny")
+    weights = groupvit.save_checkpoint(model, tmp_path / "tiny.pt")
+    assert cli_main(["demo", "--weights", str(weights), "--out", str(tmp_path / "demo"), "--num", "2", "--show", "1",
+                     "--seed", "3", "--shapes", "extended"]) == 0
+    printed = capsys.readouterr().out
+    assert "vocabulary: circle, square, triangle, star, heart, cross, diamond, hexagon + background" in printed
+    assert len(re.findall(r"mIoU +\d+\.\d", printed)) == 2
+    size = model.config.vision.image_size
+    _, table = synthetic_segmenter(model, "names", 0.95, size, shapes="extended")
+    assert table.tolist() == [1, 2, 3, 4, 5, 6, 7, 8] + [0] * 6  # the eight shapes, then six textures as background
+    _, table = synthetic_segmenter(model, "threshold", 0.95, size, shapes="standard")
+    assert table.tolist() == [0, 1, 2, 3, 4, 5, 6]

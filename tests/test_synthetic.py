@@ -14,7 +14,10 @@ from PIL import Image
 
 from groupvit.commands import synth as synth_command
 from groupvit.data.synthetic import (
+    ALL_SHAPES,
     BACKGROUNDS,
+    EXTENDED_STUFF_AND_THING_CLASSES,
+    EXTENDED_THING_CLASSES,
     COLOURS,
     HELDOUT_COMBINATIONS,
     SHADING,
@@ -80,7 +83,7 @@ def test_voc_palette_matches_the_voc_colour_map():
 # --------------------------------------------------------------------------- rendering
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", ALL_SHAPES)
 def test_shape_covers_its_centre_and_stays_inside_its_circle(shape):
     obj = SceneObject("red", shape, (50.0, 50.0), 40.0, angle=0.3)
     (rows, cols), mask = shape_mask(obj, 100)
@@ -100,6 +103,39 @@ def test_shape_areas_match_geometry():
     # A square turned by 90 degrees covers the same pixels.
     turned = shape_mask(SceneObject("red", "square", (64.0, 64.0), 80.0, angle=np.pi / 2), 128)[1]
     assert (turned == square).mean() > 0.995
+
+
+def test_new_shapes_areas_match_geometry():
+    # A rhombus of half-diagonals 0.55 r and r has area 2 * 0.55 r^2; a hexagon of circumradius r, 3 sqrt(3) / 2 r^2.
+    window, diamond = shape_mask(SceneObject("red", "diamond", (64.0, 64.0), 80.0), 128)
+    assert abs(diamond.sum() - 2 * 0.55 * 40**2) / (2 * 0.55 * 40**2) < 0.02
+    full = np.zeros((128, 128), dtype=bool)
+    full[window] = diamond
+    assert full[64 - 30, 64] and not full[64, 64 - 30]  # tall, not wide: 30 px is 0.75 r, beyond 0.55 r across
+    hexagon = shape_mask(SceneObject("red", "hexagon", (64.0, 64.0), 80.0), 128)[1]
+    assert abs(hexagon.sum() - 1.5 * np.sqrt(3) * 40**2) / (1.5 * np.sqrt(3) * 40**2) < 0.02
+
+
+def test_extended_scenes_hold_the_new_shapes_with_their_own_ids():
+    assert EXTENDED_THING_CLASSES == ("background", *SHAPES, "diamond", "hexagon")
+    assert EXTENDED_STUFF_AND_THING_CLASSES == (*STUFF_AND_THING_CLASSES, "diamond", "hexagon")
+    scenes = list(SceneGenerator(image_size=64, seed=2, shapes="extended", twins=True).iter_scenes(0, 60))
+    drawn = {obj.shape for scene in scenes for obj in scene.objects}
+    assert drawn == set(ALL_SHAPES)
+    for scene in scenes:
+        for k, obj in enumerate(scene.objects, start=1):
+            pixels = scene.instances == k
+            thing = ALL_SHAPES.index(obj.shape) + 1
+            assert (scene.labels[pixels] == thing).all()
+            assert (scene.stuff_labels[pixels] == EXTENDED_STUFF_AND_THING_CLASSES.index(obj.shape)).all()
+            if obj.mentioned and obj.area:
+                assert shape_word(obj.shape, scene.caption)
+        background = EXTENDED_STUFF_AND_THING_CLASSES.index(scene.background)
+        assert (scene.stuff_labels[scene.instances == 0] == background).all()
+    standard = SceneGenerator(image_size=64, seed=2).iter_scenes(0, 60)
+    assert max(int(scene.labels.max()) for scene in standard) <= len(SHAPES)
+    with pytest.raises(ConfigError, match="unknown shape set 'more'"):
+        SceneGenerator(shapes="more")
 
 
 def test_textures_are_textured_and_far_from_object_colours():

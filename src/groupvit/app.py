@@ -13,6 +13,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ MAX_NAME_CHARS = 80  # characters per class name
 MAX_UPLOAD_PIXELS = 40_000_000  # uploads with more pixels are refused from their header, before decoding
 MAX_UPLOAD_MB = 25  # larger uploads are refused by the server before they reach the page
 QUEUE_SIZE = 16  # requests waiting beyond this are refused ("queue full"); one runs at a time
+REQUEST_TIME_S = 60.0  # a request still segmenting after this many seconds is stopped with a one-line error
 # Results (pictures and label map) kept on disk as files: a client fetches them after the answer, while the
 # queue goes on, so they stay for this many later requests (twice the queue) and the disk use stays bounded.
 KEPT_RESULTS = 2 * QUEUE_SIZE
@@ -141,7 +143,8 @@ class SegmentationService:
     What a request can make the service hold is bounded: :data:`CACHED_MODELS` models and
     :data:`CACHED_SEGMENTERS` vocabularies (least recently used dropped), :data:`MAX_CLASSES` class names of at
     most :data:`MAX_NAME_CHARS` characters, uploads of at most :data:`MAX_UPLOAD_PIXELS` pixels (checked from
-    the file's header, before decoding) shrunk to the protocol's short side before segmentation.
+    the file's header, before decoding) shrunk to the protocol's short side before segmentation, and
+    :data:`REQUEST_TIME_S` seconds of segmentation per request.
 
     Args:
         device: torch device for every model (default: CPU).
@@ -222,10 +225,15 @@ class SegmentationService:
         self, image: ImageSource | None, classes: str, weights: str = BUNDLED, background: bool = True,
         bg_thresh: float = 0.95, mode: str = "whole", refine: str = "none", precision: str = "fp32",
     ) -> PageResult:
-        """Segment one upload and make the page's pictures and table (the segmenter checks mode, refine, precision)."""
+        """Segment one upload and make the page's pictures and table (the segmenter checks mode, refine, precision).
+
+        Stopped with :class:`~groupvit.errors.TimeLimitError` when the segmentation is still running
+        :data:`REQUEST_TIME_S` seconds after the request started (checked between batches of crops).
+        """
+        deadline = time.monotonic() + REQUEST_TIME_S
         segmenter = self.segmenter(weights, classes, background, bg_thresh, mode, refine, precision)
         rgb = self.read(image, segmenter.short_side)
-        result = segmenter(rgb)
+        result = segmenter(rgb, deadline=deadline)
         factor = max(1, DISPLAY_SIDE // min(rgb.shape[:2]))
         shown = _enlarge(rgb, factor)
         picture = overlay(shown, _enlarge(result.labels, factor), result.label_names, background=background)

@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "groups": "groupvit.commands.groups",
     "app": "groupvit.commands.app",
 }
+# Commands that compute with the model on the CPU take --threads (groupvit.threads); train reads train.threads.
+THREADED_COMMANDS = ("demo", "segment", "eval", "groups", "export", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +45,26 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=module.HELP, description=module.HELP, epilog=EXIT_STATUS)
         module.add_arguments(command)
+        if name in THREADED_COMMANDS:
+            add_threads_argument(command)
         command.set_defaults(_run=module.run)
     return parser
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: intra-op CPU threads (default: chosen from the free cores)."""
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="intra-op CPU threads (default 0: the cores this process may use, less those other "
+                             "processes keep busy; see groupvit.threads)")
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """Sets the thread count of a threaded command; says so on stderr when it is not one per allowed CPU."""
+    from groupvit.threads import apply_threads
+
+    choice = apply_threads(args.threads or None)
+    if choice.requested or choice.threads < choice.cpus:
+        print(f"groupvit {args.command}: {choice.describe()}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = one_line
+            if args.command in THREADED_COMMANDS:
+                _apply_threads(args)
             return int(args._run(args) or 0)
     except GroupViTError as err:
         print(f"groupvit {args.command}: error: {err}", file=sys.stderr)

@@ -23,3 +23,7 @@ class DivergenceError(GroupViTError, FloatingPointError):
 
 class ExportError(GroupViTError):
     """A model cannot be exported, or an exported folder is missing, incomplete or of another version."""
+
+
+class TimeLimitError(GroupViTError, TimeoutError):
+    """A request ran past its time limit and was stopped (the message names the limit)."""

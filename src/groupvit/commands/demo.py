@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"Default {DEFAULT_BACKGROUND}")
     parser.add_argument("--bg-thresh", type=float, default=None,
                         help="threshold of --background threshold (default: the official VOC value 0.95)")
+    parser.add_argument("--shapes", choices=("standard", "extended"), default="standard",
+                        help="scenes and vocabulary: standard (the six shapes of training) or extended (also diamond "
+                             "and hexagon, the fine-tuning domain of docs/fine-tuning.md)")
     add_refine_argument(parser)
     add_precision_argument(parser)
 
@@ -53,31 +56,36 @@ def _enlarge(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def synthetic_segmenter(
-    model: GroupViT, background: str, bg_thresh: float, size: int, refine: str | None = None, precision: str = "fp32"
+    model: GroupViT, background: str, bg_thresh: float, size: int, refine: str | None = None, precision: str = "fp32",
+    shapes: str = "standard",
 ) -> tuple[Segmenter, np.ndarray]:
-    """Segmenter of the synthetic vocabulary for one background rule, and its label -> ``THING_CLASSES`` table.
+    """Segmenter of a synthetic vocabulary for one background rule, and its label -> scene label table.
 
-    ``background="threshold"``: the shapes with the official background threshold (the table is the
-    identity); ``"best-group"``: the image's best shape on its best-matching group (identity table).
-    ``"names"``: the shapes and the background textures as classes, textures mapped to 0.
-    Returns ``(Segmenter, uint8 [num_labels] table)``; whole-image mode at short side ``size``, masks refined
-    by ``refine`` (:mod:`groupvit.segment.refine`), the image tower at ``precision`` (:mod:`groupvit.precision`).
+    ``shapes`` names the vocabulary (``SHAPE_SETS``: ``"standard"`` or ``"extended"``); scene labels are
+    ``EXTENDED_THING_CLASSES`` ids (``THING_CLASSES`` for the standard shapes).
+    ``background="threshold"``: the shapes with the official background threshold; ``"best-group"``: the
+    image's best shape on its best-matching group; ``"names"``: the shapes and the background textures as
+    classes, textures mapped to 0. Returns ``(Segmenter, uint8 [num_labels] table)``; whole-image mode at
+    short side ``size``, masks refined by ``refine`` (:mod:`groupvit.segment.refine`), the image tower at
+    ``precision`` (:mod:`groupvit.precision`).
     """
-    from groupvit.data.synthetic import BACKGROUNDS, SHAPES, THING_CLASSES
+    from groupvit.data.synthetic import ALL_SHAPES, BACKGROUNDS, SHAPE_SETS
     from groupvit.segment import Segmenter
 
     by_name = background == "names"
-    vocabulary = (*SHAPES, *BACKGROUNDS) if by_name else SHAPES
+    names = SHAPE_SETS[shapes]
+    vocabulary = (*names, *BACKGROUNDS) if by_name else names
     rule = "best-group" if background == "best-group" else "threshold"
     segmenter = Segmenter(model, vocabulary, background=not by_name, bg_thresh=bg_thresh, mode="whole",
                           short_side=size, window=size, stride=size, refine=refine, background_rule=rule,
                           precision=precision)
-    table = [1 + i for i in range(len(SHAPES))] + [0] * len(BACKGROUNDS) if by_name else range(len(THING_CLASSES))
+    things = [1 + ALL_SHAPES.index(name) for name in names]
+    table = things + [0] * len(BACKGROUNDS) if by_name else [0, *things]
     return segmenter, np.array(table, dtype=np.uint8)
 
 
 def run(args: argparse.Namespace) -> int:
-    from groupvit.data.synthetic import BACKGROUNDS, SHAPES, THING_CLASSES, SceneGenerator
+    from groupvit.data.synthetic import BACKGROUNDS, EXTENDED_THING_CLASSES, SHAPE_SETS, SceneGenerator
     from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
     from groupvit.pretrained import BUNDLED, DEFAULT_BG_THRESH
     from groupvit.segment import group_maps_image, overlay, voc_palette
@@ -93,24 +101,25 @@ def run(args: argparse.Namespace) -> int:
     size = model.config.vision.image_size
     bg_thresh = DEFAULT_BG_THRESH if args.bg_thresh is None else args.bg_thresh
     segmenter, to_things = synthetic_segmenter(model, args.background, bg_thresh, size, args.refine,
-                                             args.precision)
+                                             args.precision, args.shapes)
+    shapes = SHAPE_SETS[args.shapes]
+    classes = EXTENDED_THING_CLASSES[:1 + len(shapes)]
     out = Path(args.out)
     earlier = out.is_dir() and any(out.glob("*_overlay.png"))
     out.mkdir(parents=True, exist_ok=True)
     rule = {"names": f"background textures named: {', '.join(BACKGROUNDS)}", "threshold": f"threshold {bg_thresh}",
             "best-group": "the best shape on its best group"}[args.background]
     print(f"scenes: seed {seed} (the same scenes again: groupvit demo --seed {seed}), {size}x{size}; vocabulary: "
-          f"{', '.join(SHAPES)} + background ({rule})")
+          f"{', '.join(shapes)} + background ({rule})")
     if earlier:
         print(f"pictures of an earlier run in {out} are replaced (--out DIR keeps them)")
-    palette = voc_palette(len(THING_CLASSES))
+    palette = voc_palette(len(classes))
     sheet: list[list[np.ndarray]] = []
     for split in ("eval-all", "eval-heldout"):
-        generator = SceneGenerator(image_size=size, seed=seed, split=split)
+        generator = SceneGenerator(image_size=size, seed=seed, split=split, shapes=args.shapes)
         scenes = [generator.sample(i) for i in range(args.num)]
         results = segmenter([scene.image for scene in scenes])
-        iou, oracle = IoUAccumulator(len(THING_CLASSES)), IoUAccumulator(len(THING_CLASSES))
-        baseline = IoUAccumulator(len(THING_CLASSES))
+        iou, oracle, baseline = (IoUAccumulator(len(classes)) for _ in range(3))
         groups_used = []
         for i, (scene, result) in enumerate(zip(scenes, results, strict=True)):
             labels = to_things[result.labels]
@@ -123,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
                 continue
             stem = out / f"{split.removeprefix('eval-')}_{i:02d}"
             image = _enlarge(scene.image, DISPLAY_SIZE)
-            save_png(overlay(image, _enlarge(labels, DISPLAY_SIZE), THING_CLASSES), f"{stem}_overlay.png")
-            save_png(overlay(image, _enlarge(scene.labels, DISPLAY_SIZE), THING_CLASSES), f"{stem}_truth.png")
+            save_png(overlay(image, _enlarge(labels, DISPLAY_SIZE), classes), f"{stem}_overlay.png")
+            save_png(overlay(image, _enlarge(scene.labels, DISPLAY_SIZE), classes), f"{stem}_truth.png")
             maps = [_enlarge(m, DISPLAY_SIZE) for m in result.group_maps]
             save_png(group_maps_image(image, maps), f"{stem}_groups.png")
             sheet.append([scene.image, palette[scene.labels], palette[labels],
@@ -137,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
               f"{100 * baseline.compute().miou:4.1f})  pixel accuracy {100 * metrics.pixel_accuracy:5.1f}"
               f"{grouping}  ({args.num} scenes)")
     if sheet:
-        legend = [(name, tuple(int(c) for c in palette[i])) for i, name in enumerate(THING_CLASSES)]
+        legend = [(name, tuple(int(c) for c in palette[i])) for i, name in enumerate(classes)]
         titles = ["scene", "truth", "prediction", "final groups"]
         save_png(contact_sheet(sheet, titles, legend), out / "contact_sheet.png")
     print(f"pictures: {out}/contact_sheet.png (all shown scenes), *_overlay.png prediction, *_truth.png ground "

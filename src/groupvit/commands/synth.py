@@ -21,6 +21,8 @@ def _common(parser: argparse.ArgumentParser, default_seed: int) -> None:
     parser.add_argument("--seed", type=int, default=default_seed, help=f"base seed (default {default_seed})")
     parser.add_argument("--min-objects", type=int, default=1, help="fewest objects per scene (default 1)")
     parser.add_argument("--max-objects", type=int, default=4, help="most objects per scene (default 4)")
+    parser.add_argument("--shapes", choices=("standard", "extended"), default="standard",
+                        help="standard (six shapes) or extended (also diamond and hexagon, a domain to fine-tune to)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             workers=max(1, args.workers),
             twins=args.twins is not None,
             twin_shapes=args.twins or "all",
+            shapes=args.shapes,
             progress=not args.quiet,
         )
         print(f"wrote {args.num} scenes in {len(paths)} shard(s): {_shard_pattern(paths)}")
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         min_objects=args.min_objects,
         max_objects=args.max_objects,
         progress=not args.quiet,
+        shapes=args.shapes,
     )
     print(
         f"wrote {args.num} {args.split} scenes to {root}: VOC2012/JPEGImages, VOC2012/SegmentationClass "

@@ -6,6 +6,7 @@ Runs in one process, or one process per GPU under ``torchrun --nproc_per_node N 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 HELP = "train GroupViT on image-caption data (one process, or one per GPU under torchrun)"
@@ -22,17 +23,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue a run: 'auto' picks latest.pt in the output directory if present, or give a checkpoint",
     )
     parser.add_argument("--output", default=None, metavar="DIR", help="output directory (overrides train.output)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="intra-op CPU threads (overrides train.threads; 0: chosen from the free cores)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from groupvit.threads import apply_threads
     from groupvit.train.config import load_config
     from groupvit.train.trainer import Trainer, TrainingStopped
 
     overrides = list(args.overrides)
     if args.output is not None:
         overrides.append(f"train.output={args.output}")
+    if args.threads is not None:
+        overrides.append(f"train.threads={args.threads}")
+    config = load_config(args.config, overrides)
+    choice = apply_threads(config.train.threads or None)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"groupvit train: CPU: {choice.describe()}", file=sys.stderr)
     try:
-        result = Trainer(load_config(args.config, overrides)).fit(resume=args.resume)
+        result = Trainer(config).fit(resume=args.resume)
     except TrainingStopped as stop:
         if stop.checkpoint is not None:
             print(f"groupvit train: {stop}; checkpoint {stop.checkpoint}; continue with --resume auto", file=sys.stderr)

@@ -12,6 +12,7 @@ to the original image and arg-maxed.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from groupvit.data.images import ImageSource, bilinear_taps, denormalize, prepare_segmentation_input, read_image
-from groupvit.errors import InputError
+from groupvit.errors import InputError, TimeLimitError
 from groupvit.export.runtime import with_backend
 from groupvit.model.grouping import chain_assignments
 from groupvit.model.groupvit import ImageEncoding
@@ -164,6 +165,13 @@ def group_class_scores(
 
 
 BACKGROUND_RULES = ("threshold", "best-group")
+
+
+def check_deadline(deadline: float | None) -> None:
+    """Raise :class:`~groupvit.errors.TimeLimitError` when ``deadline`` (``time.monotonic()`` seconds) has passed."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeLimitError("the request ran past its time limit and was stopped; try a smaller image, fewer "
+                             "classes, whole-image mode or no refinement")
 
 
 def best_group_scores(
@@ -352,27 +360,31 @@ class Segmenter:
         return len(self.label_names)
 
     def __call__(
-        self, images: ImageSource | Sequence[ImageSource], groups: bool = True
+        self, images: ImageSource | Sequence[ImageSource], groups: bool = True, deadline: float | None = None
     ) -> SegmentationResult | list[SegmentationResult]:
         """Segment one image (path, PIL image, uint8 array ``[H, W, 3]``) or a list of them.
 
         Returns a :class:`SegmentationResult`, or a list of them for a list input. ``groups=False``
-        skips the per-stage group maps (faster; evaluation does not need them).
+        skips the per-stage group maps (faster; evaluation does not need them). ``deadline`` (a
+        ``time.monotonic()`` value) stops the work with :class:`~groupvit.errors.TimeLimitError` when it has
+        passed before a batch of crops or a refinement starts (so at most one such step runs past it).
         """
         if isinstance(images, list | tuple):
-            return list(self.iter_segment(images, groups=groups))
-        return self._segment_batch([images], groups)[0]
+            return list(self.iter_segment(images, groups=groups, deadline=deadline))
+        return self._segment_batch([images], groups, deadline)[0]
 
-    def iter_segment(self, images: Iterable[ImageSource], groups: bool = True) -> Iterator[SegmentationResult]:
+    def iter_segment(
+        self, images: Iterable[ImageSource], groups: bool = True, deadline: float | None = None
+    ) -> Iterator[SegmentationResult]:
         """Lazily segment a stream of images, ``batch_size`` images prepared (and batched) at a time."""
         pending: list[ImageSource] = []
         for image in images:
             pending.append(image)
             if len(pending) == self.batch_size:
-                yield from self._segment_batch(pending, groups)
+                yield from self._segment_batch(pending, groups, deadline)
                 pending = []
         if pending:
-            yield from self._segment_batch(pending, groups)
+            yield from self._segment_batch(pending, groups, deadline)
 
     def prepare(self, image: ImageSource) -> tuple[torch.Tensor, tuple[int, int]]:
         """Read and pre-process: ``(normalised float32 [3, h, w] at the evaluation scale, (H, W) original)``."""
@@ -428,7 +440,9 @@ class Segmenter:
         chains = chain_assignments([a.soft for a in encoding.assignments])
         return [group_index_map(chain, encoding.grid, (x.shape[1], x.shape[2]))[0] for chain in chains]
 
-    def _segment_batch(self, images: Sequence[ImageSource], groups: bool) -> list[SegmentationResult]:
+    def _segment_batch(
+        self, images: Sequence[ImageSource], groups: bool, deadline: float | None = None
+    ) -> list[SegmentationResult]:
         with torch.inference_mode(), eval_mode(self.model):
             prepared = [self.prepare(image) for image in images]
             mergers, jobs = [], []
@@ -446,6 +460,7 @@ class Segmenter:
             for size_jobs in by_size.values():
                 for start in range(0, len(size_jobs), self.batch_size):
                     batch = size_jobs[start:start + self.batch_size]
+                    check_deadline(deadline)
                     crops = torch.stack([prepared[i][0][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in batch])
                     out = self.segment_crops(crops, groups and whole)
                     for b, (i, window) in enumerate(batch):
@@ -459,6 +474,7 @@ class Segmenter:
             for (x, original), merger, maps in zip(prepared, mergers, group_maps, strict=True):
                 scores = merger.mean_scores()
                 if self.refine is not None:
+                    check_deadline(deadline)
                     scores = refine_scores(self.refine, denormalize(x), scores)
                 results.append(SegmentationResult(
                     labels=upsample_argmax(scores, original),

@@ -88,6 +88,9 @@ class TrainSection:
     seed: int = 0
     output: str = "output/groupvit"
     device: str = "auto"
+    # Intra-op CPU threads; 0 = `groupvit train` chooses them from the free cores (groupvit.threads: affinity,
+    # cgroup quota, processes of this job, load of other processes), the Python Trainer leaves torch's setting.
+    threads: int = 0
     tensorboard: bool = True
     progress: bool = True
 
@@ -113,7 +116,7 @@ class TrainSection:
             raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
         if self.accumulation_steps < 0:
             raise ConfigError(f"train.accumulation_steps must be >= 0, got {self.accumulation_steps}")
-        for name in ("log_every", "ckpt_every", "eval_every", "max_steps"):
+        for name in ("log_every", "ckpt_every", "eval_every", "max_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0 (0 = at epoch end only), got {getattr(self, name)}")
 

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from groupvit.errors import ConfigError, DivergenceError, InputError, WeightsError
 from groupvit.model import GroupViT
 from groupvit.precision import resolve_precision
+from groupvit.threads import apply_threads
 from groupvit.train.checkpoint import (
     CheckpointManager,
     TrainState,
@@ -307,6 +308,8 @@ class Trainer:
         ckpt = load_training_checkpoint(ckpt_path) if ckpt_path is not None else None
         state = TrainState(**ckpt["train_state"]) if ckpt is not None else TrainState()
 
+        if t.threads:
+            apply_threads(t.threads)
         model = self._build_model(ckpt)
         trainable, total = apply_trainable(model, t.trainable)
         if env.is_main:
