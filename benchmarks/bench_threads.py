@@ -11,7 +11,7 @@ that spins on the CPU for the whole measurement (about one core taken on a 2-cor
 * ``groupvit train --config configs/tiny-cpu.yaml`` (the README's smoke run, 2 epochs of 2 steps, its
   2 loader workers): wall time of the command;
 * one optimizer step of the synthetic recipe (batch 128 of 64² images, affinity objective; the step of
-  ``benchmarks/bench_train_step.py``): median of 5 after 2 warm-up steps;
+  ``benchmarks/bench_train_step.py``): median of 3 after 1 warm-up step;
 * ``Segmenter`` on a uint8 448² image, official architecture, 21 classes (the step of ``groupvit segment``,
   ``groupvit eval`` and the page: one per image): median of 5 after 1 warm-up.
 
@@ -56,7 +56,7 @@ if workload == "train step":
     texts = torch.randint(1, 400, (128, 1 + model.config.multi_label, model.config.text.context_length))
     texts[:, :, 12:] = 0
     runner = Runner(model, "max-group", {{"affinity": 1.0}}, False, torch.randn(128, 3, 64, 64), texts)
-    step, warm, count = runner.step, 2, 5
+    step, warm, count = runner.step, 1, 3
 else:
     import workloads
     step, warm, count = workloads.ours_segment_pixels(workloads.build_ours()), 1, 5

@@ -16,9 +16,9 @@ from groupvit.commands import synth as synth_command
 from groupvit.data.synthetic import (
     ALL_SHAPES,
     BACKGROUNDS,
+    COLOURS,
     EXTENDED_STUFF_AND_THING_CLASSES,
     EXTENDED_THING_CLASSES,
-    COLOURS,
     HELDOUT_COMBINATIONS,
     SHADING,
     SHAPES,

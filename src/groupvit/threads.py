@@ -2,8 +2,9 @@
 
 PyTorch starts one intra-op thread per logical CPU of the machine. On a small or shared machine that
 oversubscribes the cores: when another process holds a core, every parallel region waits for the thread
-that is not running (on 2 cores with one busy elsewhere, a short training run took 15x longer with 2
-threads than with 1; BENCHMARKS.md). :func:`choose_threads` counts what is really available:
+that is not running (on 2 cores with one busy elsewhere, a training step and a segmentation took 1.5x
+longer with 2 threads than with 1, and a short training run 15x longer on another host; BENCHMARKS.md).
+:func:`choose_threads` counts what is really available:
 
 * the CPUs the process may run on (``os.sched_getaffinity``: ``taskset``, ``docker --cpuset-cpus``);
 * the cgroup CPU quota (``docker --cpus``, Kubernetes limits: cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``);
