@@ -25,7 +25,7 @@ HELP = "offline demo: segment fresh synthetic scenes with the shipped model; wri
 # Pictures are enlarged so that class names stay legible on 64-pixel scenes.
 DISPLAY_SIZE = 384
 # Chosen on scenes of a seed that is never reported (docs/synthetic-experiments.md, take 3): on seed 11 the
-# shipped model scores 21.2 / 16.0 with best-group, 10.8 / 10.2 with the official threshold.
+# model shipped then scored 21.2 / 16.0 with best-group, 10.8 / 10.2 with the official threshold.
 DEFAULT_BACKGROUND = "best-group"
 
 
