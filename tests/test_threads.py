@@ -123,3 +123,18 @@ def test_train_command_says_its_threads(tmp_path, capsys):
                                 "--threads", "1", "train.max_steps=1", "train.progress=false"])
     assert status == 0 and torch.get_num_threads() == 1
     assert "groupvit train: CPU: 1 intra-op thread (requested)" in capsys.readouterr().err.splitlines()
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(threads, "busy_cores", lambda cpus: 0.0)
+    monkeypatch.setattr(threads, "affinity_cpus", lambda: [0])
+    argv = ["train", "--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output", str(out), "--resume", "auto",
+            "train.progress=false"]
+    assert groupvit.cli.main([*argv, "train.max_steps=1"]) == 0
+    assert "threads: 1" in (out / "config.yaml").read_text()  # the count chosen is recorded with the run
+    monkeypatch.setattr(threads, "affinity_cpus", lambda: [0, 1, 2])  # the machine has changed since
+    capsys.readouterr()
+    assert groupvit.cli.main([*argv, "train.max_steps=2"]) == 0
+    assert torch.get_num_threads() == 1
+    assert "groupvit train: CPU: 1 intra-op thread (requested)" in capsys.readouterr().err.splitlines()

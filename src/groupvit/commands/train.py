@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 HELP = "train GroupViT on image-caption data (one process, or one per GPU under torchrun)"
 
@@ -27,6 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="intra-op CPU threads (overrides train.threads; 0: chosen from the free cores)")
 
 
+def _threads_of_run(output: str) -> int | None:
+    """The thread count an earlier run in ``output`` recorded in its ``config.yaml``, if any."""
+    from groupvit.train.config import load_yaml
+
+    path = Path(output) / "config.yaml"
+    try:
+        return int(load_yaml(path).get("train", {}).get("threads") or 0) or None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     from groupvit.threads import apply_threads
     from groupvit.train.config import load_config
@@ -38,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         overrides.append(f"train.threads={args.threads}")
     config = load_config(args.config, overrides)
-    choice = apply_threads(config.train.threads or None)
+    requested = config.train.threads or (_threads_of_run(config.train.output) if args.resume else None)
+    choice = apply_threads(requested)
+    # The count goes into <output>/config.yaml: a resumed run uses it again, so its sums (and so its weights)
+    # are those of an uninterrupted run whatever the load when it restarts.
+    config.train.threads = choice.threads
     if os.environ.get("RANK", "0") == "0":
         print(f"groupvit train: CPU: {choice.describe()}", file=sys.stderr)
     try:
