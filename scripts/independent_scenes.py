@@ -140,7 +140,7 @@ def main() -> None:
     if args.save:
         Image.fromarray(np.concatenate([s[0] for s in scenes[:16]], axis=1)).save(args.save)
     rules = {rule: synthetic_segmenter(model, rule, DEFAULT_BG_THRESH, size)
-             for rule in ("names", "threshold", "best-group")}
+             for rule in ("names", "threshold", "best-group", "mutual")}
     for rule, (segmenter, lut) in rules.items():
         iou = IoUAccumulator(len(THING_CLASSES))
         for (_, truth), result in zip(scenes, segmenter([s[0] for s in scenes], groups=False), strict=True):

@@ -22,7 +22,7 @@ from groupvit.segment.inputs import collect_inputs
 
 SHAPES = "circle,square,triangle,star,heart,cross"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # torchrun's default per process; the same for the one-process run
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # torchrun's default per process; runs compared bit for bit also pass --threads 1
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
@@ -56,7 +56,8 @@ def test_slices_and_rounds_in_one_process():
 
 
 def test_eval_on_two_processes_equals_one(scenes, tmp_path):
-    common = ("eval", "--root", str(scenes), "--weights", "synthetic-small", "--mode", "whole",
+    common = ("eval", "--root", str(scenes), "--weights", "synthetic-small", "--threads", "1",
+              "--mode", "whole",
               "--short-side", "64", "--batch-size", "2", "--group-oracle", "--quiet")
     one = torchrun(1, *common, "--out", str(tmp_path / "one.json"))
     assert one.returncode == 0, one.stderr
@@ -71,7 +72,7 @@ def test_eval_on_two_processes_equals_one(scenes, tmp_path):
 
 
 def test_segment_on_two_processes_writes_the_same_files(scenes, tmp_path):
-    common = ("segment", str(images_of(scenes)), "--classes", SHAPES, "--weights", "synthetic-small",
+    common = ("segment", str(images_of(scenes)), "--classes", SHAPES, "--weights", "synthetic-small", "--threads", "1",
               "--mode", "whole", "--short-side", "64", "--batch-size", "2")
     one = torchrun(1, *common, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
@@ -86,7 +87,8 @@ def test_segment_on_two_processes_writes_the_same_files(scenes, tmp_path):
 
 
 def test_a_run_without_skip_existing_records_its_settings_and_a_resume_with_others_is_refused(scenes, tmp_path):
-    common = ["segment", str(images_of(scenes)), "--weights", "synthetic-small", "--mode", "whole",
+    common = ["segment", str(images_of(scenes)), "--weights", "synthetic-small", "--threads", "1",
+              "--mode", "whole",
               "--short-side", "64", "--batch-size", "4", "--out", str(tmp_path / "out"), "--no-groups"]
     first = torchrun(1, *common, "--classes", SHAPES)
     assert first.returncode == 0, first.stderr
@@ -107,8 +109,8 @@ def test_killed_segment_resumes_without_rewriting(scenes, tmp_path):
     for i in range(30):
         source = sorted(images_of(scenes).glob("*.jpg"))[i % 7]
         shutil.copy(source, folder / f"img{i:02d}.jpg")
-    common = ["segment", str(folder), "--classes", SHAPES, "--weights", "synthetic-small", "--mode", "whole",
-              "--short-side", "256", "--batch-size", "1", "--quiet"]
+    common = ["segment", str(folder), "--classes", SHAPES, "--weights", "synthetic-small", "--threads", "1",
+              "--mode", "whole", "--short-side", "256", "--batch-size", "1", "--quiet"]
     full = groupvit_cli(*common, "--out", str(tmp_path / "full"), env=ONE_THREAD)
     assert full.returncode == 0, full.stderr
 
@@ -138,6 +140,7 @@ def test_killed_segment_resumes_without_rewriting(scenes, tmp_path):
     other = groupvit_cli(*common[:3], "circle,star", *common[4:], "--out", str(out), "--skip-existing")
     assert other.returncode == 2
     assert other.stderr.strip().splitlines() == [
+        "groupvit segment: 1 intra-op thread (requested)",
         f"groupvit segment: error: --skip-existing: {out} was written with other settings (classes); use another "
         "--out, or run without --skip-existing to overwrite"]
 
@@ -224,7 +227,8 @@ def test_segment_reads_webdataset_shards(scenes, tmp_path):
     pattern = str(shards[0].parent / "shard-{000000..000002}.tar")
     inputs = collect_inputs([pattern])
     assert [item.stem for item in inputs] == [f"{i:09d}" for i in range(7)]
-    common = ("--classes", SHAPES, "--weights", "synthetic-small", "--mode", "whole", "--short-side", "64",
+    common = ("--classes", SHAPES, "--weights", "synthetic-small", "--threads", "1", "--mode", "whole",
+              "--short-side", "64",
               "--no-groups", "--quiet")
     proc = groupvit_cli("segment", pattern, *common, "--out", str(tmp_path / "from_shards"))
     assert proc.returncode == 0, proc.stderr

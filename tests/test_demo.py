@@ -12,7 +12,7 @@ from groupvit.cli import main as cli_main
 from groupvit.pretrained import default_weights_path
 
 
-@pytest.mark.parametrize("background", ["names", "threshold"])
+@pytest.mark.parametrize("background", ["names", "threshold", "mutual"])
 def test_demo_writes_pictures_and_reports_miou(tmp_path, capsys, background):
     torch.manual_seed(0)
     weights = groupvit.save_checkpoint(groupvit.create_model("tiny"), tmp_path / "tiny.pt")
@@ -21,6 +21,7 @@ def test_demo_writes_pictures_and_reports_miou(tmp_path, capsys, background):
                      "--seed", "5", "--background", background]) == 0
     printed = capsys.readouterr().out
     assert ("textures named: grass" in printed) == (background == "names")
+    assert ("each other's best match" in printed) == (background == "mutual")
     assert len(re.findall(r"mIoU +\d+\.\d", printed)) == 2
     assert len(re.findall(r"group oracle +\d+\.\d  groups \d\.\d", printed)) == 2
     for split in ("all", "heldout"):

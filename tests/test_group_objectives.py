@@ -25,6 +25,7 @@ from groupvit.train.group_objectives import (
     mix_partner,
     patch_colours,
     prototype_loss,
+    word_group_loss,
 )
 from groupvit.train.losses import ContrastiveObjective
 from groupvit.train.trainer import Trainer
@@ -138,6 +139,65 @@ def test_mix_loss_hand_worked():
     # image 1: logits 2*<g1, c1> = 1.2 (own), 2*<g1, c0> = 1.6 (partner), target own.
     expected = 0.5 * (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(1.6 - 1.2)))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _unit(*xy):
+    return torch.tensor(xy, dtype=torch.float32)
+
+
+def test_word_group_loss_hand_worked_a_word_whose_best_group_is_taken_gets_the_next():
+    z0, z1, z2 = _unit(1.0, 0.0), _unit(0.6, 0.8), _unit(0.0, 1.0)
+    t0, t1, pad = _unit(1.0, 0.0), _unit(0.96, 0.28), _unit(0.0, 1.0)
+    groups = torch.stack([z0, z1, z2])[None]  # [1, 3, 2]
+    prompts = torch.stack([t0, t1, pad])[None]  # [1, 3, 2]; the third is a caption copy (padding)
+    words = torch.tensor([[5, 7, -1]])
+    # cosines: t0 -> z0 1.0, z1 0.6; t1 -> z0 0.96, z1 0.8, z2 0.28. Greedy: (t0, z0) first, then t1 can only
+    # take z1 (its best, z0, is taken). Row t0: 10 * z0 . [t0, t1, pad] = [10, 9.6, 0], target t0;
+    # row t1: 10 * z1 . [t0, t1, pad] = [6, 8, 8], target t1; the padding row is not scored.
+    row0 = -math.log(math.exp(10) / (math.exp(10) + math.exp(9.6) + 1))
+    row1 = -math.log(math.exp(8) / (math.exp(6) + 2 * math.exp(8)))
+    value = word_group_loss(groups, prompts, words, torch.tensor(10.0))
+    assert value.item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+
+
+def test_word_group_loss_same_word_prompts_are_positives_and_repeats_are_one_row():
+    groups = torch.stack([_unit(1.0, 0.0), _unit(0.0, 1.0)])[None]  # [1, 2, 2]
+    prompts = torch.stack([_unit(1.0, 0.0), _unit(0.8, 0.6)])[None]  # two prompts of the same word
+    words = torch.tensor([[3, 3]])
+    # one row (the repeat is not a second word): z0 against both prompts, both positive (target 1/2 each)
+    logits = torch.tensor([2.0, 1.6])
+    expected = -(0.5 * logits.log_softmax(0)).sum()
+    assert word_group_loss(groups, prompts, words, torch.tensor(2.0)).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_word_group_loss_gradients_and_edge_cases():
+    torch.manual_seed(0)
+    groups = torch.nn.functional.normalize(torch.randn(3, 4, 8), dim=-1).requires_grad_()
+    prompts = torch.nn.functional.normalize(torch.randn(3, 3, 8), dim=-1).requires_grad_()
+    words = torch.tensor([[0, 1, -1], [2, 0, 1], [1, -1, -1]])
+    word_group_loss(groups, prompts, words, torch.tensor(10.0)).backward()
+    assert groups.grad.abs().sum() > 0 and prompts.grad.abs().sum() > 0
+    none = word_group_loss(groups, prompts, torch.full((3, 3), -1), torch.tensor(10.0))
+    assert none.item() == 0.0
+    with pytest.raises(ConfigError, match="final groups"):
+        word_group_loss(groups[:, :2], prompts, words, torch.tensor(10.0))
+
+
+def test_words_objective_needs_word_targets_and_reaches_both_towers():
+    with pytest.raises(ConfigError, match="multi_label_targets: words") as err:
+        TrainConfig.from_dict({"model": {"preset": "tiny"}, "train": {"group_objectives": {"words": 1.0}}})
+    assert "\n" not in str(err.value)
+    torch.manual_seed(0)
+    model = groupvit.create_model("tiny")
+    images, texts = _tiny_batch()
+    words = torch.tensor([[0, 1, -1], [1, -1, -1], [2, 0, 1], [0, -1, -1]])
+    out = ContrastiveObjective(model, multi_label_pooling="max-group", group_objectives={"words": 1.0})(
+        images, texts, words)
+    out.groups["words"].backward()
+    assert model.vision.stages[0].group_token.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.text.parameters())
+    with pytest.raises(ConfigError, match="prompt words"):
+        ContrastiveObjective(model, group_objectives={"words": 1.0})(images, texts)
 
 
 def test_capture_grouping_records_every_stage_and_leaves_no_hook():

@@ -411,6 +411,23 @@ def test_best_group_scores_give_the_image_best_classes_to_their_best_groups():
     assert best_group_scores(groups, image, text, classes=5).sum() == 2  # at most one class per group
 
 
+def test_mutual_best_scores_name_groups_that_and_whose_class_are_each_others_best():
+    from groupvit.segment.segmenter import mutual_best_scores
+
+    text = torch.eye(3)
+    # group 0 ~ class 0, group 1 ~ class 1, group 2 also prefers class 1 but less than group 1 does
+    groups = torch.tensor([[[0.9, 0.1, 0.0], [0.2, 0.8, 0.1], [0.1, 0.5, 0.4]]])
+    image = torch.tensor([[0.3, 0.7, 0.1]])  # ranks class 1, then 0, then 2
+    two = mutual_best_scores(groups, image, text, classes=2)
+    assert two.tolist() == [[[1, 0, 0], [0, 1, 0], [0, 0, 0]]]  # group 2 is not class 1's best: background
+    one = mutual_best_scores(groups, image, text, classes=1)
+    assert one.tolist() == [[[0, 0, 0], [0, 1, 0], [0, 0, 0]]]  # class 0 is not among the image's best one
+    # no mutual pair among the allowed classes: the image's best class goes to its best group
+    lonely = torch.tensor([[[0.9, 0.1, 0.0], [0.8, 0.2, 0.1]]])
+    fallback = mutual_best_scores(lonely, torch.tensor([[0.0, 0.0, 1.0]]), text, classes=1)
+    assert fallback.tolist() == [[[0, 0, 0], [0, 0, 1]]]
+
+
 def test_best_group_rule_labels_only_the_best_group():
     model = groupvit.create_model("tiny").eval()
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -421,3 +438,8 @@ def test_best_group_rule_labels_only_the_best_group():
     assert len(labelled) <= 1 and len(np.unique(result.labels)) <= 2
     with pytest.raises(InputError, match="background_rule must be one of threshold, best-group"):
         Segmenter(model, ["red"], background_rule="closest")
+    mutual = Segmenter(model, ["red", "blue", "green"], mode="whole", short_side=32, background_rule="mutual",
+                       best_group_classes=3)(image)
+    final = mutual.group_maps[-1]
+    for g in np.unique(final):  # one label per group: a group is all background or all one class
+        assert len(np.unique(mutual.labels[final == g])) == 1

@@ -164,7 +164,7 @@ def group_class_scores(
     return restricted * probs
 
 
-BACKGROUND_RULES = ("threshold", "best-group")
+BACKGROUND_RULES = ("threshold", "best-group", "mutual")
 
 
 def check_deadline(deadline: float | None) -> None:
@@ -194,6 +194,32 @@ def best_group_scores(
         for c in ranked[b, :min(classes, text_embeds.shape[0], groups)].tolist():
             g = int(similarity[b, :, c].masked_fill(~free, float("-inf")).argmax())
             scores[b, g, c], free[g] = 1.0, False
+    return scores
+
+
+def mutual_best_scores(
+    group_embeds: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor, classes: int = 2
+) -> torch.Tensor:
+    """Class-to-group scores ``Q [B, G, N]``: each group named when it and a class are each other's best match.
+
+    Group ``g`` takes class ``c`` (score 1) when ``c`` is the class with the highest cosine to ``g``, ``g`` is the
+    group of its image with the highest cosine to ``c``, and ``c`` is among the image embedding's ``classes``
+    best classes; every other entry is 0 (background under :func:`pixel_class_scores`). An image where no group
+    qualifies falls back to :func:`best_group_scores` with one class, so every image names at least one group.
+    Several objects of an image can be named, each on the group that holds it; not the official rule.
+    """
+    similarity = group_embeds @ text_embeds.t()  # [B, G, N]
+    group_best = similarity.argmax(dim=2)  # [B, G]: each group's best class
+    class_best = similarity.argmax(dim=1)  # [B, N]: each class's best group
+    k = min(classes, text_embeds.shape[0])
+    top = (image_embeds @ text_embeds.t()).topk(k, dim=-1).indices  # [B, k]
+    allowed = torch.zeros_like(class_best, dtype=torch.bool).scatter_(1, top, True)  # [B, N]
+    groups = torch.arange(group_embeds.shape[1], device=group_embeds.device)[None]  # [1, G]
+    keep = (class_best.gather(1, group_best) == groups) & allowed.gather(1, group_best)  # [B, G]
+    scores = torch.zeros_like(similarity).scatter_(2, group_best[:, :, None], keep[:, :, None].to(similarity.dtype))
+    empty = ~keep.any(dim=1)
+    if bool(empty.any()):
+        scores[empty] = best_group_scores(group_embeds[empty], image_embeds[empty], text_embeds, 1)
     return scores
 
 
@@ -285,8 +311,11 @@ class Segmenter:
         background_rule: with ``background``, how groups become background: ``'threshold'`` (official: a group
             whose best score is below ``min(bg_thresh, the crop's best score)``) or ``'best-group'`` (the image's
             ``best_group_classes`` best classes each go to the group that matches them best, every other group is
-            background: :func:`best_group_scores`; scores are then one-hot).
-        best_group_classes: classes given out per crop by ``'best-group'`` (default 1).
+            background: :func:`best_group_scores`; scores are then one-hot) or ``'mutual'`` (a group takes a class
+            when each is the other's best match and the class is among the image's ``best_group_classes`` best:
+            :func:`mutual_best_scores`; one-hot).
+        best_group_classes: classes given out per crop by ``'best-group'``, or the image's best classes that
+            ``'mutual'`` may give out (default 1).
         precision: ``'fp32'`` (official), ``'bf16'`` (the image tower under bfloat16 autocast; float32 with one
             warning where the device has no native bfloat16) or ``'auto'`` (bf16 where native, else fp32):
             :mod:`groupvit.precision`. Class embeddings, scores and soft maps stay float32. The ONNX backends
@@ -424,6 +453,8 @@ class Segmenter:
         image_embeds = encoding.image_embeds.float()
         if self.background and self.background_rule == "best-group":
             q = best_group_scores(group_embeds, image_embeds, self.text_embeds, self.best_group_classes)
+        elif self.background and self.background_rule == "mutual":
+            q = mutual_best_scores(group_embeds, image_embeds, self.text_embeds, self.best_group_classes)
         else:
             q = group_class_scores(group_embeds, image_embeds, self.text_embeds, scale, self.top_k)
         scores = pixel_class_scores(final, q, self.background, self.bg_thresh)

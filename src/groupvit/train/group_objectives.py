@@ -17,6 +17,10 @@ none, and the official loss is then unchanged):
 * ``mix`` — after MixReorg: patches of two scenes of the batch are mixed into one image (a block of the
   patch grid comes from a partner scene), and each patch's final group must match the caption of the scene
   the patch came from. :func:`mix_loss`; the mixed images are built by :func:`mix_images`.
+* ``words`` — after PGSeg's diagnosis (groups are aligned all-to-one in training, one-to-one at inference):
+  the prompt words of an image are matched one-to-one to its final groups, and each matched group must
+  name its own word before the other words of the batch, those of its own caption included.
+  :func:`word_group_loss`.
 
 None reads labels, masks or object positions: only the images, their captions and the model's own
 features (the mixing mask is one that training itself draws).
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 
 from groupvit.errors import ConfigError
 
-GROUP_OBJECTIVES = ("affinity", "anti_copy", "prototype", "mix")
+GROUP_OBJECTIVES = ("affinity", "anti_copy", "prototype", "mix", "words")
 
 
 def check_group_objectives(weights: Mapping[str, float]) -> dict[str, float]:
@@ -229,3 +233,45 @@ def mix_loss(chain: torch.Tensor, groups: torch.Tensor, captions: torch.Tensor, 
     logits = scale * (chain @ group_scores)  # [B, L, 2]
     target = masks.flatten(1).long()  # [B, L]: 1 = partner
     return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+
+def first_words(words: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` bool: the prompt is a word (id >= 0) that no earlier prompt of its image already names."""
+    earlier = (words[:, :, None] == words[:, None, :]).tril(diagonal=-1).any(dim=2)  # [B, K]
+    return (words >= 0) & ~earlier
+
+
+def word_group_loss(groups: torch.Tensor, prompts: torch.Tensor, words: torch.Tensor,
+                    scale: torch.Tensor) -> torch.Tensor:
+    """One group per prompt word, each naming its own word (after PGSeg's one-to-one alignment).
+
+    Args:
+        groups: L2-normalised final group embeddings ``[B, G, D]``.
+        prompts: L2-normalised prompt embeddings ``[B, K, D]`` (``K <= G``).
+        words: word id of each prompt ``[B, K]`` (-1: a caption copy used as padding).
+        scale: the multi-label temperature, 0-dim.
+
+    The distinct words of each image are matched to distinct groups (:func:`greedy_match` on the cosine
+    ``<z_g, t_k>``, no gradient). A matched group's logits are ``scale * <z_g, t>`` over all ``B*K``
+    prompts of the batch; every prompt of the same word is a positive (soft target, uniform over them),
+    every other word's prompt a negative — the other words of the same caption included, which is what the
+    max-group multi-label loss lacks (there one group may hold every word of its image). Returns the mean
+    soft cross-entropy over the matched words (0 when the batch has none).
+    """
+    batch, k, _ = prompts.shape
+    if k > groups.shape[1]:
+        raise ConfigError(f"the words objective matches each of the {k} prompts of an image to its own final group, "
+                          f"but the model has {groups.shape[1]} final groups; lower data.multi_label")
+    valid = first_words(words)  # [B, K]
+    similarity = prompts.float() @ groups.float().transpose(1, 2)  # [B, K, G]
+    match = greedy_match(similarity.masked_fill(~valid[:, :, None], -2.0))  # [B, K]: invalid rows go last
+    chosen = torch.gather(groups.float(), 1, match[:, :, None].expand(-1, -1, groups.shape[2]))  # [B, K, D]
+    flat_words = words.reshape(-1)  # [B*K]
+    targets = ((words[:, :, None] == flat_words[None, None, :]) & (flat_words >= 0)).float()  # [B, K, B*K]
+    logits = scale * chosen @ prompts.reshape(-1, prompts.shape[2]).float().t()  # [B, K, B*K]
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    rows = valid.reshape(-1)
+    row_targets = targets.reshape(batch * k, -1)[rows]
+    row_targets = row_targets / row_targets.sum(dim=1, keepdim=True)
+    return -(row_targets * logits.reshape(batch * k, -1)[rows].log_softmax(dim=-1)).sum(dim=-1).mean()

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from groupvit.errors import InputError
+from groupvit.errors import ConfigError, InputError
 from groupvit.model import GroupViT
 from groupvit.model.grouping import StageCapture, capture_grouping, chain_assignments
 from groupvit.model.groupvit import ImageEncoding
@@ -50,6 +50,7 @@ from groupvit.train.group_objectives import (
     mix_partner,
     patch_colours,
     prototype_loss,
+    word_group_loss,
 )
 from groupvit.train.text_cache import TextCache, text_tower_frozen
 
@@ -319,15 +320,21 @@ class ContrastiveObjective(nn.Module):
         if not self.group_weights:
             return out
         assert encoding is not None
-        terms = self.group_terms(images, encoding, capture.stages, text[:, 0], scale)
+        terms = self.group_terms(images, encoding, capture.stages, text, scale, ml_scale, prompt_words)
         total = out.total + sum(self.group_weights[name] * value for name, value in terms.items())
         return LossOutput(total, out.itc, out.multi_label, terms)
 
     def group_terms(self, images: torch.Tensor, encoding: ImageEncoding, stages: list[StageCapture],
-                    captions: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The unweighted value of each enabled group objective (stage terms averaged over the stages)."""
+                    text: torch.Tensor, scale: torch.Tensor, ml_scale: torch.Tensor | None,
+                    prompt_words: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The unweighted value of each enabled group objective (stage terms averaged over the stages).
+
+        ``text [B, 1+K, D]``: L2-normalised caption (index 0) and prompt embeddings; ``prompt_words [B, K]``
+        their word ids (the ``words`` objective needs them: ``train.multi_label_targets: words``).
+        """
         if not encoding.assignments:
             raise InputError("group objectives need a model with grouping stages (model.vision.num_group_tokens)")
+        captions = text[:, 0]
         terms: dict[str, torch.Tensor] = {}
         mixed = masks = partner = None
         if "mix" in self.group_weights:  # the second image-tower pass runs under the caller's autocast
@@ -346,4 +353,10 @@ class ContrastiveObjective(nn.Module):
                 terms["mix"] = mix_loss(chain_assignments([a.soft for a in mixed.assignments])[-1],
                                         F.normalize(_at_least_fp32(mixed.group_embeds), dim=-1), captions, masks,
                                         partner, scale)
+            if "words" in self.group_weights:
+                if prompt_words is None or ml_scale is None:
+                    raise ConfigError("the words group objective needs prompt words: set "
+                                      "train.multi_label_targets: words and a model with multi_label > 0")
+                groups = F.normalize(_at_least_fp32(encoding.group_embeds), dim=-1)
+                terms["words"] = word_group_loss(groups, text[:, 1:], prompt_words, ml_scale)
         return terms
