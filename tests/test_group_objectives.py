@@ -160,6 +160,23 @@ def test_word_group_loss_hand_worked_a_word_whose_best_group_is_taken_gets_the_n
     assert value.item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
 
 
+def test_word_group_loss_leaves_unavailable_groups_out_hand_worked():
+    z0, z1, z2 = _unit(1.0, 0.0), _unit(0.6, 0.8), _unit(0.0, 1.0)
+    t0, t1, pad = _unit(1.0, 0.0), _unit(0.96, 0.28), _unit(0.0, 1.0)
+    groups, prompts = torch.stack([z0, z1, z2])[None], torch.stack([t0, t1, pad])[None]
+    words = torch.tensor([[5, 7, -1]])
+    # z0 unavailable: the best available pair is (t1, z1) 0.8, then t0 takes z2 (0.0).
+    # row t0: 10 * z2 . [t0, t1, pad] = [0, 2.8, 10]; row t1: [6, 8, 8] as before.
+    row0 = -math.log(1 / (1 + math.exp(2.8) + math.exp(10)))
+    row1 = -math.log(math.exp(8) / (math.exp(6) + 2 * math.exp(8)))
+    available = torch.tensor([[False, True, True]])
+    value = word_group_loss(groups, prompts, words, torch.tensor(10.0), available)
+    assert value.item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    # one available group for two words: the word that matches it better (t1, 0.8) is the only row
+    only = word_group_loss(groups, prompts, words, torch.tensor(10.0), torch.tensor([[False, True, False]]))
+    assert only.item() == pytest.approx(row1, rel=1e-5)
+
+
 def test_word_group_loss_same_word_prompts_are_positives_and_repeats_are_one_row():
     groups = torch.stack([_unit(1.0, 0.0), _unit(0.0, 1.0)])[None]  # [1, 2, 2]
     prompts = torch.stack([_unit(1.0, 0.0), _unit(0.8, 0.6)])[None]  # two prompts of the same word
@@ -198,6 +215,11 @@ def test_words_objective_needs_word_targets_and_reaches_both_towers():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.text.parameters())
     with pytest.raises(ConfigError, match="prompt words"):
         ContrastiveObjective(model, group_objectives={"words": 1.0})(images, texts)
+    both = ContrastiveObjective(model, group_objectives={"words": 1.0, "object_words": 1.0})
+    model.eval()  # no Gumbel noise: both terms see the same groups
+    out = both(images, texts, words)
+    assert set(out.groups) == {"words", "object_words"}
+    assert torch.isfinite(out.groups["object_words"]) and out.groups["object_words"] > 0
 
 
 def test_capture_grouping_records_every_stage_and_leaves_no_hook():

@@ -74,7 +74,7 @@ class TrainSection:
     # "max-group" (the best-matching final group of each image; see losses.py).
     multi_label_pooling: str = "image"
     # Group-level objectives beyond the paper, {name: weight} (groupvit.train.group_objectives): affinity,
-    # anti_copy, prototype, mix, words. Empty (official): the loss is the paper's.
+    # anti_copy, prototype, mix, words, object_words. Empty (official): the loss is the paper's.
     group_objectives: dict[str, float] = field(default_factory=dict)
     # What trains (groupvit.train.finetune): all, vision, group-tokens, or a list of parameter-name patterns.
     trainable: Any = "all"
@@ -109,9 +109,10 @@ class TrainSection:
         if not isinstance(self.group_objectives, Mapping):
             raise ConfigError("train.group_objectives must map objective names to weights, e.g. {affinity: 1.0}")
         self.group_objectives = check_group_objectives(self.group_objectives)
-        if self.group_objectives.get("words", 0) > 0 and self.multi_label_targets != "words":
-            raise ConfigError("train.group_objectives.words needs the prompts' word ids: set "
-                              "train.multi_label_targets: words")
+        for name in ("words", "object_words"):
+            if self.group_objectives.get(name, 0) > 0 and self.multi_label_targets != "words":
+                raise ConfigError(f"train.group_objectives.{name} needs the prompts' word ids: set "
+                                  "train.multi_label_targets: words")
         if isinstance(self.trainable, list | tuple):
             self.trainable = [str(p) for p in self.trainable]
         trainable_patterns(self.trainable)

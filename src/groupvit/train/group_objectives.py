@@ -20,7 +20,8 @@ none, and the official loss is then unchanged):
 * ``words`` — after PGSeg's diagnosis (groups are aligned all-to-one in training, one-to-one at inference):
   the prompt words of an image are matched one-to-one to its final groups, and each matched group must
   name its own word before the other words of the batch, those of its own caption included.
-  :func:`word_group_loss`.
+  :func:`word_group_loss`. ``object_words`` is the same with the group that holds the most patches (the
+  scene's background, where objects are smaller than it) left out of the match.
 
 None reads labels, masks or object positions: only the images, their captions and the model's own
 features (the mixing mask is one that training itself draws).
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from groupvit.errors import ConfigError
 
-GROUP_OBJECTIVES = ("affinity", "anti_copy", "prototype", "mix", "words")
+GROUP_OBJECTIVES = ("affinity", "anti_copy", "prototype", "mix", "words", "object_words")
 
 
 def check_group_objectives(weights: Mapping[str, float]) -> dict[str, float]:
@@ -242,7 +243,7 @@ def first_words(words: torch.Tensor) -> torch.Tensor:
 
 
 def word_group_loss(groups: torch.Tensor, prompts: torch.Tensor, words: torch.Tensor,
-                    scale: torch.Tensor) -> torch.Tensor:
+                    scale: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
     """One group per prompt word, each naming its own word (after PGSeg's one-to-one alignment).
 
     Args:
@@ -250,6 +251,8 @@ def word_group_loss(groups: torch.Tensor, prompts: torch.Tensor, words: torch.Te
         prompts: L2-normalised prompt embeddings ``[B, K, D]`` (``K <= G``).
         words: word id of each prompt ``[B, K]`` (-1: a caption copy used as padding).
         scale: the multi-label temperature, 0-dim.
+        available: ``[B, G]`` bool, the groups that may take a word (default all); a word left without an
+            available group is not scored.
 
     The distinct words of each image are matched to distinct groups (:func:`greedy_match` on the cosine
     ``<z_g, t_k>``, no gradient). A matched group's logits are ``scale * <z_g, t>`` over all ``B*K``
@@ -264,7 +267,12 @@ def word_group_loss(groups: torch.Tensor, prompts: torch.Tensor, words: torch.Te
                           f"but the model has {groups.shape[1]} final groups; lower data.multi_label")
     valid = first_words(words)  # [B, K]
     similarity = prompts.float() @ groups.float().transpose(1, 2)  # [B, K, G]
-    match = greedy_match(similarity.masked_fill(~valid[:, :, None], -2.0))  # [B, K]: invalid rows go last
+    similarity = similarity.masked_fill(~valid[:, :, None], -2.0)  # invalid rows go after the valid ones ...
+    if available is not None:  # ... and unavailable groups after every available one
+        similarity = similarity.masked_fill(~available[:, None, :], -3.0)
+    match = greedy_match(similarity)  # [B, K]
+    if available is not None:
+        valid = valid & available.gather(1, match)
     chosen = torch.gather(groups.float(), 1, match[:, :, None].expand(-1, -1, groups.shape[2]))  # [B, K, D]
     flat_words = words.reshape(-1)  # [B*K]
     targets = ((words[:, :, None] == flat_words[None, None, :]) & (flat_words >= 0)).float()  # [B, K, B*K]

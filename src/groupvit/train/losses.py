@@ -353,10 +353,17 @@ class ContrastiveObjective(nn.Module):
                 terms["mix"] = mix_loss(chain_assignments([a.soft for a in mixed.assignments])[-1],
                                         F.normalize(_at_least_fp32(mixed.group_embeds), dim=-1), captions, masks,
                                         partner, scale)
-            if "words" in self.group_weights:
+            for name in ("words", "object_words"):
+                if name not in self.group_weights:
+                    continue
                 if prompt_words is None or ml_scale is None:
-                    raise ConfigError("the words group objective needs prompt words: set "
+                    raise ConfigError(f"the {name} group objective needs prompt words: set "
                                       "train.multi_label_targets: words and a model with multi_label > 0")
                 groups = F.normalize(_at_least_fp32(encoding.group_embeds), dim=-1)
-                terms["words"] = word_group_loss(groups, text[:, 1:], prompt_words, ml_scale)
+                available = None
+                if name == "object_words":  # the group holding the most patches takes no word
+                    mass = chain_assignments([a.soft for a in encoding.assignments])[-1].detach().sum(dim=1)
+                    available = torch.ones_like(mass, dtype=torch.bool).scatter_(1, mass.argmax(1, keepdim=True),
+                                                                                 False)
+                terms[name] = word_group_loss(groups, text[:, 1:], prompt_words, ml_scale, available)
         return terms
