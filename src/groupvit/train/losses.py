@@ -342,8 +342,10 @@ class ContrastiveObjective(nn.Module):
             partner = mix_partner(images.shape[0], images.device)
             mixed = self.model.encode_image_groups(mix_images(images, masks, partner), normalize=False)
         with float32(images.device):
+            chain = None
+            if {"affinity", "object_words"} & set(self.group_weights):
+                chain = chain_assignments([a.soft for a in encoding.assignments])[-1]  # [B, L, G]
             if "affinity" in self.group_weights:
-                chain = chain_assignments([a.soft for a in encoding.assignments])[-1]
                 terms["affinity"] = affinity_loss(chain, patch_colours(images, encoding.grid))
             if "anti_copy" in self.group_weights:
                 terms["anti_copy"] = torch.stack([anti_copy_loss(s.queries) for s in stages]).mean()
@@ -362,7 +364,7 @@ class ContrastiveObjective(nn.Module):
                 groups = F.normalize(_at_least_fp32(encoding.group_embeds), dim=-1)
                 available = None
                 if name == "object_words":  # the group holding the most patches takes no word
-                    mass = chain_assignments([a.soft for a in encoding.assignments])[-1].detach().sum(dim=1)
+                    mass = chain.detach().sum(dim=1)  # [B, G]
                     available = torch.ones_like(mass, dtype=torch.bool).scatter_(1, mass.argmax(1, keepdim=True),
                                                                                  False)
                 terms[name] = word_group_loss(groups, text[:, 1:], prompt_words, ml_scale, available)
