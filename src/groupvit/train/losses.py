@@ -355,13 +355,12 @@ class ContrastiveObjective(nn.Module):
                 terms["mix"] = mix_loss(chain_assignments([a.soft for a in mixed.assignments])[-1],
                                         F.normalize(_at_least_fp32(mixed.group_embeds), dim=-1), captions, masks,
                                         partner, scale)
-            for name in ("words", "object_words"):
-                if name not in self.group_weights:
-                    continue
-                if prompt_words is None or ml_scale is None:
-                    raise ConfigError(f"the {name} group objective needs prompt words: set "
-                                      "train.multi_label_targets: words and a model with multi_label > 0")
-                groups = F.normalize(_at_least_fp32(encoding.group_embeds), dim=-1)
+            word_objectives = [name for name in ("words", "object_words") if name in self.group_weights]
+            if word_objectives and (prompt_words is None or ml_scale is None):
+                raise ConfigError(f"the {word_objectives[0]} group objective needs prompt words: set "
+                                  "train.multi_label_targets: words and a model with multi_label > 0")
+            groups = F.normalize(_at_least_fp32(encoding.group_embeds), dim=-1) if word_objectives else None
+            for name in word_objectives:
                 available = None
                 if name == "object_words":  # the group holding the most patches takes no word
                     mass = chain.detach().sum(dim=1)  # [B, G]
