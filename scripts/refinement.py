@@ -1,12 +1,12 @@
 """Measure mask refinement (none / superpixel / pamr) on fresh synthetic scenes with a synthetic-scenes model.
 
-Per split (all colour-shape pairs, held-out pairs) and method: zero-shot mIoU (background + shapes, the
-threshold rule of ``groupvit demo``), region-oracle mIoU (each connected region of the predicted label map
-given its most frequent true label: boundaries apart from naming), boundary F-score within 2 pixels, and
-milliseconds of refinement per scene. Then the cost of each method on one 448 x 448 image with 21 score
-channels (a VOC vocabulary), and a picture of the first scenes under each method. Usage::
+Per split (all colour-shape pairs, held-out pairs) and method: zero-shot mIoU (background + shapes, a
+background rule of ``groupvit demo``, by default the demo's), region-oracle mIoU (each connected region of
+the predicted label map given its most frequent true label: boundaries apart from naming), boundary F-score
+within 2 pixels, and milliseconds of refinement per scene. Then the cost of each method on one 448 x 448
+image with 21 score channels (a VOC vocabulary), and a picture of the first scenes under each method. Usage::
 
-    python scripts/refinement.py --num 200 --seed 2027 [--weights W] [--picture docs/images/refinement.png]
+    python scripts/refinement.py --num 200 --seed 2027 [--weights W] [--background threshold] [--picture P.png]
     python scripts/refinement.py --num 100 --seed 11 --superpixel-size 32 --pamr-iterations 20   # choices
 """
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from skimage.measure import label as connected_regions
 
-from groupvit.commands.demo import synthetic_segmenter
+from groupvit.commands.demo import DEFAULT_BACKGROUND, synthetic_segmenter
 from groupvit.data.synthetic import THING_CLASSES, SceneGenerator
 from groupvit.evaluate.boundary import BoundaryCounts
 from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
@@ -50,7 +50,7 @@ def refiners(args: argparse.Namespace) -> dict[str, Refiner]:
 
 def score_split(model, split: str, args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], list]:
     """Metrics per method on ``args.num`` scenes of ``split``, and picture rows of the first ``args.show``."""
-    segmenter, _ = synthetic_segmenter(model, "threshold", DEFAULT_BG_THRESH, model.config.vision.image_size)
+    segmenter, table = synthetic_segmenter(model, args.background, DEFAULT_BG_THRESH, model.config.vision.image_size)
     generator = SceneGenerator(image_size=model.config.vision.image_size, seed=args.seed, split=split)
     scenes = [generator.sample(i) for i in range(args.num)]
     results = segmenter([scene.image for scene in scenes], groups=False)
@@ -63,7 +63,7 @@ def score_split(model, split: str, args: argparse.Namespace) -> tuple[dict[str, 
             start = time.perf_counter()
             refined = refine(scene.image, result.scores)
             seconds += time.perf_counter() - start
-            labels = upsample_argmax(refined, scene.labels.shape)
+            labels = table[upsample_argmax(refined, scene.labels.shape)]
             iou.update(labels, scene.labels)
             regions = connected_regions(labels, background=-1, connectivity=1)
             oracle.update(group_oracle_labels(regions, scene.labels), scene.labels)
@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--weights", default=BUNDLED, help="a synthetic-scenes model (default: the bundled one)")
     parser.add_argument("--num", type=int, default=200, help="scenes per split")
     parser.add_argument("--seed", type=int, default=2027, help="scene seed")
+    parser.add_argument("--background", choices=("threshold", "best-group", "mutual"), default=DEFAULT_BACKGROUND,
+                        help=f"background rule of groupvit demo (default {DEFAULT_BACKGROUND})")
     parser.add_argument("--show", type=int, default=8, help="scenes of the all-pairs split in the picture")
     parser.add_argument("--picture", default=None, help="write the side-by-side picture here (PNG)")
     parser.add_argument("--superpixel-size", type=int, default=64, help="pixels per superpixel")
@@ -104,6 +106,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = load_pretrained(args.weights)
     print(f"torch threads {torch.get_num_threads()}; seed {args.seed}; {args.num} scenes per split; "
+          f"background rule {args.background}; "
           f"superpixel size {args.superpixel_size}, compactness {args.compactness}; "
           f"pamr iterations {args.pamr_iterations}")
     print("| method | mIoU all / held-out | region oracle all / held-out | boundary F (2 px) all / held-out "

@@ -75,3 +75,30 @@ def test_demo_on_the_extended_shapes(tmp_path, capsys):
     assert table.tolist() == [1, 2, 3, 4, 5, 6, 7, 8] + [0] * 6  # the eight shapes, then six textures as background
     _, table = synthetic_segmenter(model, "threshold", 0.95, size, shapes="standard")
     assert table.tolist() == [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("refine", [None, "none", "pamr"])
+def test_demo_refines_masks_with_pamr_unless_told(tmp_path, capsys, refine):
+    from groupvit.commands.demo import synthetic_segmenter
+    from groupvit.data.synthetic import THING_CLASSES, SceneGenerator
+    from groupvit.evaluate.miou import IoUAccumulator
+
+    torch.manual_seed(0)
+    model = groupvit.create_model("tiny")
+    weights = groupvit.save_checkpoint(model, tmp_path / "tiny.pt")
+    argv = ["demo", "--weights", str(weights), "--out", str(tmp_path / "demo"), "--num", "3", "--show", "0",
+            "--seed", "4"]
+    assert cli_main(argv if refine is None else [*argv, "--refine", refine]) == 0
+    printed = capsys.readouterr().out
+    method = refine or "pamr"
+    assert ("masks not refined" in printed) == (method == "none")
+    assert (f"masks refined by {method}" in printed) == (method != "none")
+    # The printed score is that of the mutual rule with the chosen refinement on the same scenes.
+    model = groupvit.load_pretrained(weights)
+    size = model.config.vision.image_size
+    segmenter, table = synthetic_segmenter(model, "mutual", 0.95, size, None if method == "none" else method)
+    scenes = [SceneGenerator(image_size=size, seed=4, split="eval-all").sample(i) for i in range(3)]
+    iou = IoUAccumulator(len(THING_CLASSES))
+    for scene, result in zip(scenes, segmenter([s.image for s in scenes], groups=False), strict=True):
+        iou.update(table[result.labels], scene.labels)
+    assert f"all colour-shape pairs: mIoU {100 * iou.compute().miou:5.1f}" in printed

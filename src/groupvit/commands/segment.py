@@ -119,13 +119,13 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
                              "native, else fp32)")
 
 
-def add_refine_argument(parser: argparse.ArgumentParser) -> None:
-    """``--refine none|superpixel|pamr`` (shared with ``groupvit demo``)."""
+def add_refine_argument(parser: argparse.ArgumentParser, default: str = "none") -> None:
+    """``--refine none|superpixel|pamr`` (shared with ``groupvit demo``, whose default is ``pamr``)."""
     from groupvit.segment.refine import REFINE_METHODS
 
-    parser.add_argument("--refine", choices=REFINE_METHODS, default="none",
+    parser.add_argument("--refine", choices=REFINE_METHODS, default=default,
                         help="snap the masks to colour edges: pamr (local colour affinities), superpixel (SLIC, "
-                             "needs scikit-image) or none (official; default)")
+                             f"needs scikit-image) or none (official). Default {default}")
 
 
 def load_model(
