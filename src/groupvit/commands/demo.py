@@ -30,8 +30,8 @@ DISPLAY_SIZE = 384
 DEFAULT_BACKGROUND = "mutual"
 # The image's best classes that the 'mutual' rule may give out, chosen on the same seed (3: 38.6 / 34.4).
 MUTUAL_CLASSES = 2
-# Masks snapped to the scenes' colour edges, chosen on seed 11 (docs/refinement.md): with mutual, none 39.3 / 34.3,
-# superpixel 42.2 / 35.9, pamr 46.6 / 38.8. The group maps (and the group oracle) are never refined.
+# Masks snapped to the scenes' colour edges, chosen on seed 11 (docs/synthetic-experiments.md): with mutual,
+# none 39.3 / 34.3, superpixel 42.2 / 35.9, pamr 46.6 / 38.8. The group maps (and the group oracle) are never refined.
 DEFAULT_REFINE = "pamr"
 
 
