@@ -22,6 +22,7 @@ from groupvit.commands.demo import DEFAULT_REFINE, synthetic_segmenter
 from groupvit.data.synthetic import BACKGROUNDS, COLOURS, SHAPES, THING_CLASSES
 from groupvit.evaluate.miou import IoUAccumulator
 from groupvit.pretrained import DEFAULT_BG_THRESH, default_weights_path
+from groupvit.segment.segmenter import BACKGROUND_RULES
 
 SCALE = 4  # drawn at 4x, then reduced: smooth edges
 
@@ -139,7 +140,7 @@ def main() -> None:
     scenes = [render(size, rng) for _ in range(args.num)]
     if args.save:
         Image.fromarray(np.concatenate([s[0] for s in scenes[:16]], axis=1)).save(args.save)
-    for rule in ("names", "threshold", "best-group", "mutual"):
+    for rule in ("names", *BACKGROUND_RULES):
         for refine in (None, DEFAULT_REFINE):
             segmenter, lut = synthetic_segmenter(model, rule, DEFAULT_BG_THRESH, size, refine)
             iou = IoUAccumulator(len(THING_CLASSES))

@@ -27,6 +27,7 @@ from groupvit.evaluate.boundary import BoundaryCounts
 from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
 from groupvit.pretrained import BUNDLED, DEFAULT_BG_THRESH
 from groupvit.segment.refine import pamr, superpixel_mean, superpixels
+from groupvit.segment.segmenter import BACKGROUND_RULES
 from groupvit.segment.sliding import upsample_argmax
 from groupvit.segment.visualize import contact_sheet, save_png, voc_palette
 from groupvit.weights import load_pretrained
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--weights", default=BUNDLED, help="a synthetic-scenes model (default: the bundled one)")
     parser.add_argument("--num", type=int, default=200, help="scenes per split")
     parser.add_argument("--seed", type=int, default=2027, help="scene seed")
-    parser.add_argument("--background", choices=("threshold", "best-group", "mutual"), default=DEFAULT_BACKGROUND,
+    parser.add_argument("--background", choices=BACKGROUND_RULES, default=DEFAULT_BACKGROUND,
                         help=f"background rule of groupvit demo (default {DEFAULT_BACKGROUND})")
     parser.add_argument("--show", type=int, default=8, help="scenes of the all-pairs split in the picture")
     parser.add_argument("--picture", default=None, help="write the side-by-side picture here (PNG)")

@@ -16,6 +16,7 @@ import numpy as np
 
 from groupvit.commands.segment import add_precision_argument, add_refine_argument
 from groupvit.errors import InputError
+from groupvit.segment.segmenter import BACKGROUND_RULES
 
 if TYPE_CHECKING:
     from groupvit.model import GroupViT
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", type=int, default=6, help="scenes per split written as pictures (default 6)")
     parser.add_argument("--seed", type=int, default=None, help="scene seed (default: a fresh random one)")
     parser.add_argument("--weights", default=None, help="weights to use instead of the shipped model")
-    parser.add_argument("--background", choices=("names", "threshold", "best-group", "mutual"),
+    parser.add_argument("--background", choices=("names", *BACKGROUND_RULES),
                         default=DEFAULT_BACKGROUND,
                         help="how background pixels are found: 'names' prompts the background textures as extra "
                              "classes and maps them to background; 'threshold' is the official rule (a pixel whose "
@@ -85,7 +86,7 @@ def synthetic_segmenter(
     by_name = background == "names"
     names = SHAPE_SETS[shapes]
     vocabulary = (*names, *BACKGROUNDS) if by_name else names
-    rule = background if background in ("best-group", "mutual") else "threshold"
+    rule = background if background in BACKGROUND_RULES else "threshold"
     segmenter = Segmenter(model, vocabulary, background=not by_name, bg_thresh=bg_thresh, mode="whole",
                           short_side=size, window=size, stride=size, refine=refine, background_rule=rule,
                           best_group_classes=MUTUAL_CLASSES if rule == "mutual" else 1, precision=precision)

@@ -120,7 +120,7 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_refine_argument(parser: argparse.ArgumentParser, default: str = "none") -> None:
-    """``--refine none|superpixel|pamr`` (shared with ``groupvit demo``, whose default is ``pamr``)."""
+    """``--refine none|superpixel|pamr``, ``default`` when absent (``groupvit demo`` passes its own)."""
     from groupvit.segment.refine import REFINE_METHODS
 
     parser.add_argument("--refine", choices=REFINE_METHODS, default=default,
