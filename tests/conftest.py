@@ -36,3 +36,9 @@ def pytest_make_collect_report(collector):
         report.outcome = "failed"
         report.longrepr = f"{collector.nodeid} skipped at import under CI, where every test dependency is installed: " \
                           f"{reason}"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test (and every process it starts) caches into one folder of this session, never ~/.cache."""
+    monkeypatch.setenv("GROUPVIT_CACHE", str(tmp_path_factory.getbasetemp() / "groupvit-cache"))

@@ -9,6 +9,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def cache_dir() -> Path:
+    """This package's cache (downloaded weights, caption tags): ``$GROUPVIT_CACHE``, else
+    ``$XDG_CACHE_HOME/groupvit``, else ``~/.cache/groupvit``."""
+    if os.environ.get("GROUPVIT_CACHE"):
+        return Path(os.environ["GROUPVIT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "groupvit"
+
+
 def _umask() -> int:
     """The process's file-creation mask (read by setting it and restoring it at once)."""
     mask = os.umask(0o022)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import re
 import urllib.error
 import urllib.request
@@ -23,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from groupvit.errors import WeightsError
-from groupvit.fileio import atomic_path
+from groupvit.fileio import atomic_path, cache_dir
 
 RELEASE_URL = "https://github.com/xvjiarui/GroupViT/releases/download/v1.0.0/"
 BUNDLED = "synthetic-small"
@@ -71,14 +70,6 @@ WEIGHTS: dict[str, NamedWeights] = {
                      "bundled: 64 px synthetic scenes of 6 shapes, 8 colours, 6 backgrounds (offline demo)"),
     )
 }
-
-
-def cache_dir() -> Path:
-    """Where downloaded weights live: ``$GROUPVIT_CACHE``, else ``$XDG_CACHE_HOME/groupvit``, else ``~/.cache``."""
-    if os.environ.get("GROUPVIT_CACHE"):
-        return Path(os.environ["GROUPVIT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "groupvit"
 
 
 def local_path(name: str) -> Path:

@@ -55,7 +55,8 @@ from groupvit.data.sources import RawSample, SampleError, Source, Unit, build_so
 from groupvit.data.transforms import ImageAugConfig, TrainTransform
 from groupvit.errors import ConfigError, InputError
 from groupvit.text.multilabel import CaptionTokens
-from groupvit.text.nouns import TAGGER_NAMES
+from groupvit.text.nouns import TAGGER_NAMES, get_tagger
+from groupvit.text.tag_cache import cached
 
 logger = logging.getLogger("groupvit.data")
 
@@ -83,6 +84,9 @@ class DataConfig:
             boilerplate such as "photo" or "corner" that no image region shows.
         prompt_phrases: a prompt names a noun with the adjectives right before it ("green star"), an
             entity-level prompt (default false, as official).
+        tag_cache: captions whose tags are kept, on disk under ``cache_dir()/tags`` and in each worker's memory,
+            so a caption is tagged once across epochs and runs (default 1,000,000, about 0.5 GB per worker
+            when full; 0: tag every time). Beyond it new captions are tagged each time they are read.
         context_length: tokens per text row (default 77).
         shuffle_buffer: samples held by each stream's shuffle buffer (default 1000; 0 or 1: no shuffling).
         seed: base seed of every random choice (default 0).
@@ -96,6 +100,7 @@ class DataConfig:
     tagger: str = "auto"
     prompt_stopwords: list[str] = field(default_factory=list)
     prompt_phrases: bool = False
+    tag_cache: int = 1_000_000
     context_length: int = 77
     shuffle_buffer: int = 1000
     seed: int = 0
@@ -109,6 +114,7 @@ class DataConfig:
             "batch_size": self.batch_size >= 1,
             "num_workers": self.num_workers >= 0,
             "multi_label": self.multi_label >= 0,
+            "tag_cache": self.tag_cache >= 0,
             "context_length": self.context_length >= 2,
             "shuffle_buffer": self.shuffle_buffer >= 0,
             "seed": self.seed >= 0,
@@ -181,8 +187,9 @@ class EpochStream(IterableDataset):
         self.workers = max(1, cfg.num_workers)
         self.num_streams = self.workers * world_size
         self.image_transform = TrainTransform(cfg.image)
+        tagger = cached(get_tagger(cfg.tagger), cfg.tag_cache) if cfg.multi_label > 0 else cfg.tagger
         self.text_transform = CaptionTokens(
-            cfg.multi_label, cfg.tagger, "full", cfg.context_length, stopwords=cfg.prompt_stopwords,
+            cfg.multi_label, tagger, "full", cfg.context_length, stopwords=cfg.prompt_stopwords,
             phrases=cfg.prompt_phrases
         )
         if self.text_transform.tagger is not None:

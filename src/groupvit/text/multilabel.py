@@ -21,6 +21,7 @@ from groupvit.text.nouns import Tagger, get_tagger
 from groupvit.text.templates import get_templates
 from groupvit.text.tokenizer import DEFAULT_CONTEXT_LENGTH, tokenize
 
+MAX_CACHED_ROWS = 200_000  # token rows kept by CaptionTokens (77 int64 each: about 120 MB at most)
 PROMPT_TAGS = frozenset({"NN", "NNS", "NNP", "VB", "VBD", "VBG", "VBN", "VBP", "VBZ"})
 
 
@@ -117,6 +118,17 @@ class CaptionTokens:
         self.context_length = context_length
         self.stopwords = frozenset(word.lower() for word in stopwords)
         self.phrases = phrases
+        # Token rows by text: prompts repeat across a data set (templates x words), so each is tokenised once.
+        self._rows: dict[str, torch.Tensor] = {}
+
+    def _tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """:func:`tokenize` of ``texts`` (``[len(texts), context_length]``), each distinct text computed once."""
+        if len(self._rows) > MAX_CACHED_ROWS:
+            self._rows.clear()
+        for text in texts:
+            if text not in self._rows:
+                self._rows[text] = tokenize([text], self.context_length)[0]
+        return torch.stack([self._rows[text] for text in texts])
 
     def words(self, caption: str) -> list[str]:
         """The prompt words of ``caption`` (:func:`prompt_words` of its tags, stop-words removed)."""
@@ -134,17 +146,17 @@ class CaptionTokens:
 
     def __call__(self, caption: str, rng: PromptRNG | None = None) -> torch.Tensor:
         """Token ids ``torch.long [1 + K, context_length]`` of :meth:`texts`."""
-        return tokenize(self.texts(caption, rng), self.context_length)
+        return self._tokenize(self.texts(caption, rng))
 
     def with_words(self, caption: str, rng: PromptRNG | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids ``[1 + K, context_length]`` (as :meth:`__call__` for the same ``rng`` state) and the
         :func:`word_id` of each prompt's word ``torch.long [K]`` (-1 for a caption copy used as padding)."""
         if self.tagger is None:
-            return tokenize([caption], self.context_length), torch.zeros(0, dtype=torch.long)
+            return self._tokenize([caption]), torch.zeros(0, dtype=torch.long)
         if rng is None:
             rng = np.random.default_rng()
         pairs = sample_prompts(self.words(caption), self.num_prompts, self.templates, rng)
         padding = self.num_prompts - len(pairs)
         texts = [caption, *(prompt for _, prompt in pairs), *[caption] * padding]
         ids = [word_id(word) for word, _ in pairs] + [-1] * padding
-        return tokenize(texts, self.context_length), torch.tensor(ids, dtype=torch.long)
+        return self._tokenize(texts), torch.tensor(ids, dtype=torch.long)
