@@ -14,8 +14,11 @@ class TextEncoder(nn.Module):
     """Token ids ``[B, T]`` (``T <= context_length``) -> pooled text feature ``[B, width]``.
 
     Pooling takes the token at ``argmax(ids)`` of each row: the end-of-text id 49407 is the largest
-    in the vocabulary. Because attention is causal, positions after the last end-of-text token in the
-    batch cannot influence the result, so they are not computed.
+    in the vocabulary. Because attention is causal, positions after a row's end-of-text token cannot
+    influence its result, and rows do not interact: :meth:`forward` encodes each distinct row once and
+    groups the rows by length (:func:`length_buckets`), each group cut at its longest row. A training batch
+    of captions and short noun prompts (synthetic recipe: 512 rows, captions up to 39 tokens, prompts
+    around 8, many prompts repeated) then costs a fraction of the padded batch, with the same result.
     """
 
     def __init__(self, cfg: TextConfig) -> None:
@@ -63,9 +66,20 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens [B, T]`` int64 -> ``[B, width]``."""
         self.check_tokens(tokens)
-        eot = tokens.argmax(dim=-1)
-        length = int(eot.max()) + 1 if tokens.numel() else 0
-        return self.pool(tokens[:, :length], eot)
+        if not tokens.numel():
+            return self.pool(tokens[:, :0], tokens.new_zeros(tokens.shape[0]))
+        rows, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+        eot = rows.argmax(dim=-1)
+        order = eot.argsort(stable=True)
+        lengths = (eot[order] + 1).tolist()
+        pooled, start = [], 0
+        for end in length_buckets(lengths):
+            index = order[start:end]
+            pooled.append(self.pool(rows[index, :lengths[end - 1]], eot[index]))
+            start = end
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(pooled)[rank[inverse]]
 
     def pool(self, tokens: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
         """Unchecked forward: ``tokens [B, T]`` read at positions ``eot [B]`` -> ``[B, width]``.
@@ -77,3 +91,31 @@ class TextEncoder(nn.Module):
             x = block(x)
         x = self.ln_final(x)
         return x[torch.arange(x.shape[0], device=x.device), eot]
+
+
+def length_buckets(lengths: list[int], max_buckets: int = 3, overhead: int = 256) -> list[int]:
+    """End indices of at most ``max_buckets`` consecutive groups of sorted ``lengths`` (ascending).
+
+    Minimises the padded token count ``sum(len(group) * max(group))`` plus ``overhead`` tokens per extra
+    group (the fixed cost of running the tower once more), by dynamic programming over the distinct lengths.
+    ``[2, 2, 3, 9, 9]`` with no overhead and two groups -> ``[3, 5]`` (9 + 18 tokens instead of 45).
+    """
+    ends = [i + 1 for i in range(len(lengths)) if i + 1 == len(lengths) or lengths[i + 1] != lengths[i]]
+    inf = float("inf")
+    # best[b][j]: cheapest cost of the rows before ends[j] in b + 1 groups; back[b][j]: the previous group's end.
+    best = [[inf] * len(ends) for _ in range(max_buckets)]
+    back = [[-1] * len(ends) for _ in range(max_buckets)]
+    for j, end in enumerate(ends):
+        best[0][j] = end * lengths[end - 1]
+    for b in range(1, max_buckets):
+        for j, end in enumerate(ends):
+            for i in range(j):
+                cost = best[b - 1][i] + (end - ends[i]) * lengths[end - 1] + overhead
+                if cost < best[b][j]:
+                    best[b][j], back[b][j] = cost, i
+    b = min(range(max_buckets), key=lambda n: best[n][-1])
+    out, j = [], len(ends) - 1
+    while b >= 0:
+        out.append(ends[j])
+        j, b = back[b][j], b - 1
+    return out[::-1]
