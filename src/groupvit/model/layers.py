@@ -134,14 +134,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     ``F.scaled_dot_product_attention`` everywhere except one case: training on a CPU (gradients recorded, no
     dropout). There the fused kernel's backward is the slowest part of a small model's step (40 % of the
     synthetic recipe's bf16 step, BENCHMARKS.md), and the plain form runs the whole step 1.5x faster: scores
-    and softmax in float32 (under bf16 autocast this is closer to the float32 gradients than the fused
+    and softmax in float32 or wider (under bf16 autocast this is closer to the float32 gradients than the fused
     kernel), then the weighted sum of ``v`` in ``v``'s dtype. ``causal`` masks every key after the query
     (``S == L``).
     """
     if not (q.device.type == "cpu" and dropout_p == 0.0 and torch.is_grad_enabled() and q.requires_grad):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
     with torch.autocast("cpu", enabled=False):
-        scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-2, -1)
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        scores = (q.to(dtype) * q.shape[-1] ** -0.5) @ k.to(dtype).transpose(-2, -1)
         if causal:
             n = scores.shape[-1]
             scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
