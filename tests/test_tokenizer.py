@@ -85,6 +85,23 @@ def test_clean_text_hand_checked():
     assert clean_text("") == ""
 
 
+def test_clean_text_printable_ascii_shortcut_matches_ftfy():
+    """Printable ASCII without '&' skips ftfy and html.unescape: the result must be what they give."""
+    import html
+    import random
+    import string
+
+    import ftfy
+
+    rng = random.Random(0)
+    alphabet = string.printable.replace("&", "")
+    texts = ["a red star and a green circle.", "A photo of a cat's ; <b>", "Ã\x80 ''quote'' -- ...", "x" * 300]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 80))) for _ in range(2000)]
+    for text in texts:
+        full = html.unescape(html.unescape(ftfy.fix_text(text)))
+        assert clean_text(text) == " ".join(full.split()).lower(), text
+
+
 def test_bad_input(tok):
     with pytest.raises(InputError, match=r"texts\[1\] must be a str"):
         tok(["ok", 3])

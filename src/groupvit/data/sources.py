@@ -184,9 +184,30 @@ def iter_tar_groups(
             report(f"shard {path} is truncated: it ends inside or right after the member at byte {tar.offset}")
 
 
+_COUNTS: dict[tuple[str, int, int], tuple[int, list[str]]] = {}
+
+
 def count_tar_samples(path: str | os.PathLike, report: Report) -> int:
-    """Number of samples (key groups) in a shard, reading headers only."""
-    return sum(1 for _ in iter_tar_groups(path, report, want=lambda _: False))
+    """Number of samples (key groups) in a shard, reading headers only.
+
+    The count and the problems reported are kept per (path, size, modification time), so a process that
+    builds a loader every epoch reads each unchanged shard's headers once.
+    """
+    try:
+        stat = os.stat(path)
+        key: tuple[str, int, int] | None = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = None
+    if key in _COUNTS:
+        count, lines = _COUNTS[key]
+    else:
+        lines = []
+        count = sum(1 for _ in iter_tar_groups(path, lines.append, want=lambda _: False))
+        if key is not None:
+            _COUNTS[key] = count, lines
+    for line in lines:
+        report(line)
+    return count
 
 
 class ShardSource:

@@ -62,9 +62,11 @@ def clean_text(text: str) -> str:
 
     ``ftfy.fix_text`` (mojibake, NFC, curly quotes, full-width forms...), HTML entities unescaped twice
     (captions scraped from the web are often double-escaped, ``&amp;amp;``), every whitespace run turned
-    into one space, ends stripped, lower-cased.
+    into one space, ends stripped, lower-cased. Printable ASCII without ``&`` is left as it is by the first
+    three steps, and skips them (a tenth of a training loader's time on short captions).
     """
-    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    if not (text.isascii() and text.isprintable() and "&" not in text):
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return _WHITESPACE.sub(" ", text).strip().lower()
 
 
