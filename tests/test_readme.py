@@ -62,7 +62,8 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch):
     if "Segmenter(" in source:
         assert isinstance(namespace["result"].labels, np.ndarray)
         assert namespace["result"].labels.shape == (120, 160)
-        assert namespace["images"].shape == (1, 3, 224, 224)
+        size = namespace["model"].config.vision.image_size  # the stand-in's 32; the comments' S
+        assert namespace["images"].shape == (1, 3, size, size)
 
 
 @pytest.mark.parametrize("name", listed_weights()[1:])

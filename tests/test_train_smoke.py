@@ -134,6 +134,16 @@ def test_train_command(tmp_path, monkeypatch, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
 
 
+def test_resuming_a_finished_run_prints_one_line_and_no_progress_bar(tmp_path, capsys):
+    args = ["train", "--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output", str(tmp_path / "run"),
+            "train.epochs=1", "data.sources.0.size=16"]
+    assert groupvit.cli.main(args) == 0
+    assert "%|" in capsys.readouterr().err  # the first run shows its bar
+    assert groupvit.cli.main([*args, "--resume", "auto"]) == 0
+    err = capsys.readouterr().err
+    assert "nothing to do:" in err and "%|" not in err, err
+
+
 # ----------------------------------------------------------------------------------------------
 # configuration files
 

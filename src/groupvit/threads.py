@@ -51,10 +51,10 @@ class ThreadChoice:
     processes: int
     requested: bool
 
-    def describe(self) -> str:
-        """One line: the count and what it was derived from."""
+    def describe(self, origin: str = "requested") -> str:
+        """One line: the count and what it was derived from (``origin``: who gave a requested count)."""
         if self.requested:
-            return f"{self.threads} intra-op thread{'s' * (self.threads != 1)} (requested)"
+            return f"{self.threads} intra-op thread{'s' * (self.threads != 1)} ({origin})"
         parts = [f"{self.cpus} CPU{'s' * (self.cpus != 1)} allowed"]
         if self.quota is not None:
             parts.append(f"quota {self.quota:g} cores")

@@ -50,13 +50,14 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         overrides.append(f"train.threads={args.threads}")
     config = load_config(args.config, overrides)
-    requested = config.train.threads or (_threads_of_run(config.train.output) if args.resume else None)
-    choice = apply_threads(requested)
+    recorded = None if config.train.threads or not args.resume else _threads_of_run(config.train.output)
+    choice = apply_threads(config.train.threads or recorded)
     # The count goes into <output>/config.yaml: a resumed run uses it again, so its sums (and so its weights)
     # are those of an uninterrupted run whatever the load when it restarts.
     config.train.threads = choice.threads
     if os.environ.get("RANK", "0") == "0":
-        print(f"groupvit train: CPU: {choice.describe()}", file=sys.stderr)
+        origin = "as recorded by the run" if recorded else "requested"
+        print(f"groupvit train: CPU: {choice.describe(origin)}", file=sys.stderr)
     try:
         result = Trainer(config).fit(resume=args.resume)
     except TrainingStopped as stop:

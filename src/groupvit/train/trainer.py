@@ -359,7 +359,7 @@ class Trainer:
         if ckpt is not None:
             logger.truncate_after(state.step)
         bar = tqdm(total=total_steps, initial=min(state.step, total_steps), unit="step", dynamic_ncols=True,
-                   disable=not (env.is_main and t.progress), file=sys.stderr)
+                   disable=not (env.is_main and t.progress) or state.step >= end, file=sys.stderr)
         image_size = model.config.vision.image_size
         result = TrainResult(step=state.step, model=model)
         window = _Window()
