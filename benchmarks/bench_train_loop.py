@@ -7,7 +7,7 @@ running (prints a Markdown block for BENCHMARKS.md)::
 
 For each version (the source tree of ``--baseline``, extracted with ``git archive``, and this one) and each
 precision (fp32; bf16 autocast where the CPU computes it natively), in child processes with that version's
-``src`` first on the path:
+``src`` first on the path and its own ``configs``:
 
 * **loop**: ``groupvit train --config configs/synthetic-affinity.yaml`` for ``--steps`` steps, logging every 10,
   evaluation hooks and checkpoints off, the recipe's one loader worker; images/s is the median of the logged
@@ -46,7 +46,7 @@ def child_loop(args: argparse.Namespace) -> dict:
     from groupvit.cli import main as cli
 
     with tempfile.TemporaryDirectory() as out:
-        status = cli(["train", "--config", RECIPE, "--threads", str(args.threads), f"train.amp={args.amp}",
+        status = cli(["train", "--config", args.recipe, "--threads", str(args.threads), f"train.amp={args.amp}",
                       f"train.max_steps={args.steps}", f"train.output={out}", *LOOP_OVERRIDES])
         if status:
             raise SystemExit(f"groupvit train exited with {status}")
@@ -89,7 +89,7 @@ def child_step(args: argparse.Namespace) -> dict:
     from groupvit.train.config import load_config
 
     torch.set_num_threads(args.threads)
-    config = load_config(RECIPE, ["data.num_workers=0"])
+    config = load_config(args.recipe, ["data.num_workers=0"])
     batch = next(iter(build_train_loader(DataConfig.from_dict(dict(config.data_config())), epoch=0)))
     words = batch["prompt_words"] if config.train.multi_label_targets == "words" else None
     torch.manual_seed(0)
@@ -103,9 +103,12 @@ def child_step(args: argparse.Namespace) -> dict:
 
 
 def run_child(src: Path, kind: str, amp: str, args: argparse.Namespace, cache: Path) -> dict:
-    """One measurement in a fresh interpreter with ``src`` first on the path; its JSON result."""
+    """One measurement in a fresh interpreter with ``src`` first on the path and its version of the recipe
+    (``src/../configs``); its JSON result."""
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{Path(__file__).parent}", "GROUPVIT_CACHE": str(cache)}
+    recipe = src.parent / RECIPE
     command = [sys.executable, __file__, "--child", kind, "--amp", amp, "--threads", str(args.threads),
+               "--recipe", str(recipe),
                "--steps", str(args.steps), "--repeats", str(args.repeats)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -114,8 +117,8 @@ def run_child(src: Path, kind: str, amp: str, args: argparse.Namespace, cache: P
 
 
 def extract(ref: str, into: Path) -> Path:
-    """The ``src`` tree of git ``ref`` under ``into``."""
-    archive = subprocess.run(["git", "archive", ref, "src"], capture_output=True, check=True).stdout
+    """The ``src`` and ``configs`` trees of git ``ref`` under ``into``; the path of its ``src``."""
+    archive = subprocess.run(["git", "archive", ref, "src", "configs"], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into / "src"
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", choices=["loop", "step"], help=argparse.SUPPRESS)
     parser.add_argument("--amp", default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--recipe", default=RECIPE, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         result = (child_loop if args.child == "loop" else child_step)(args)

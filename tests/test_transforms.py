@@ -94,6 +94,22 @@ def test_to_tensor_normalises_each_channel():
         assert torch.allclose(tensor[channel], torch.full((2, 3), value), atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_to_tensor_equals_the_float32_arithmetic_on_every_pixel(mode):
+    rng = np.random.default_rng(3)
+    mean = tuple(float(v) for v in rng.uniform(0, 1, 3))
+    std = tuple(float(v) for v in rng.uniform(0.1, 1, 3))
+    image = Image.fromarray(rng.integers(0, 256, (16, 32, 4 if mode == "RGBA" else 3), dtype=np.uint8)).convert(mode)
+    # all 256 values in every channel, then the same sum written out: (v - 255 mean) / (255 std) in float32
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+    offset = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1) * 255.0
+    scale = np.asarray(std, dtype=np.float32).reshape(3, 1, 1) * 255.0
+    assert torch.equal(to_tensor(image, mean, std), torch.from_numpy((pixels - offset) / scale))
+    ramp = Image.fromarray(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2))
+    expected = (np.arange(256, dtype=np.float32)[None, None] - offset) / scale
+    assert torch.equal(to_tensor(ramp, mean, std), torch.from_numpy(expected))
+
+
 def test_horizontal_flip():
     image = column_image(8, 8)
     config = dict(image_size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), **PLAIN)

@@ -24,13 +24,16 @@ import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import braceexpand
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from groupvit.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from groupvit.data.decoded import DecodedShards
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTENSIONS = ("txt", "text")
@@ -53,7 +56,8 @@ class RawSample:
         key: readable name, ``"<shard file>/<key>"`` or the image path of the caption table.
         files: shard members of the sample, extension -> bytes (shards only).
         image_path: image file to read (folders only).
-        caption: caption text (folders only).
+        caption: caption text (folders, and decoded samples).
+        pixels: the decoded RGB image, uint8 ``[H, W, 3]`` (samples read through :mod:`groupvit.data.decoded`).
         problem: set when the sample is already known to be unusable.
     """
 
@@ -62,6 +66,7 @@ class RawSample:
     files: dict[str, bytes] | None = None
     image_path: Path | None = None
     caption: str | None = None
+    pixels: np.ndarray | None = None
     problem: str | None = None
 
 
@@ -84,6 +89,8 @@ def decode_sample(raw: RawSample) -> tuple[Image.Image, str]:
     """``(RGB PIL image, caption)`` of a raw sample; raises :class:`SampleError` naming what is wrong."""
     if raw.problem:
         raise SampleError(raw.problem)
+    if raw.pixels is not None:
+        return Image.fromarray(raw.pixels), raw.caption
     if raw.files is not None:
         image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in raw.files), None)
         text_ext = next((ext for ext in TEXT_EXTENSIONS if ext in raw.files), None)
@@ -107,6 +114,8 @@ def decode_sample(raw: RawSample) -> tuple[Image.Image, str]:
         raise SampleError("empty caption")
     try:
         image = _decode_image(data)
+    except UnidentifiedImageError:  # its message names the in-memory buffer, different on every read
+        raise SampleError("cannot decode image: the bytes are in no image format Pillow reads") from None
     except Exception as err:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...) on bad bytes
         raise SampleError(f"cannot decode image: {type(err).__name__}: {err}") from None
     return image, caption
@@ -215,8 +224,11 @@ class ShardSource:
 
     Shards that do not exist are left out (listed in ``missing``); if none exists, ConfigError. ``length``
     is the number of samples the epoch counts on (as the official ``length``); when None it is counted
-    from the tar headers now.
+    from the tar headers now. ``decoded`` (a :class:`groupvit.data.decoded.DecodedShards`, set by the loader
+    when ``data.decoded_cache`` is on) reads the shards through the decoded-shard cache.
     """
+
+    decoded: DecodedShards | None = None
 
     def __init__(self, pattern: str | Sequence[str], length: int | None = None, report: Report | None = None) -> None:
         patterns = [pattern] if isinstance(pattern, str) else list(pattern)
@@ -239,6 +251,9 @@ class ShardSource:
     def read(self, unit: Unit, want: Want | None, report: Report) -> Iterator[RawSample | None]:
         """Every sample of the shard in order: a RawSample where ``want(position)``, else None."""
         shard = self.shards[unit.index]
+        if self.decoded is not None:
+            yield from self.decoded.read(shard, unit.source, unit.index, want, report)
+            return
         for position, key, files, problem in iter_tar_groups(shard, report, want):
             if files is None:
                 yield None

@@ -10,6 +10,7 @@ augmentation depends only on the generator it is given (the loader derives one p
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -156,18 +157,29 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+@functools.lru_cache(maxsize=16)
+def _value_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``float32 [3, 256]``: ``(v / 255 - mean) / std`` of every byte value ``v`` of each channel."""
+    scale = np.asarray(std, dtype=np.float32).reshape(3, 1) * 255.0
+    offset = np.asarray(mean, dtype=np.float32).reshape(3, 1) * 255.0
+    return (np.arange(256, dtype=np.float32)[None] - offset) / scale
+
+
 def to_tensor(
     img: Image.Image, mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tuple[float, ...] = (1.0, 1.0, 1.0)
 ) -> torch.Tensor:
     """RGB PIL image -> ``float32 [3, H, W]``: values ``(v / 255 - mean) / std`` per channel.
 
-    Computed in numpy: the same arithmetic in torch is much slower in a process whose intra-op threads
-    compete with data-loader workers.
+    Each channel is looked up in a table of the 256 values computed once in float32 (the same numbers as
+    the arithmetic on every pixel, in half the time); numpy, not torch, whose intra-op threads would compete
+    with the training step for the cores.
     """
-    array = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
-    scale = np.asarray(std, dtype=np.float32).reshape(3, 1, 1) * 255.0
-    offset = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1) * 255.0
-    return torch.from_numpy(np.ascontiguousarray((array - offset) / scale))
+    array = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    table = _value_table(tuple(mean), tuple(std))
+    out = np.empty((3, *array.shape[:2]), dtype=np.float32)
+    for channel in range(3):
+        np.take(table[channel], array[:, :, channel], out=out[channel])
+    return torch.from_numpy(out)
 
 
 def random_erasing(
