@@ -16,7 +16,7 @@ import numpy as np
 
 from groupvit.commands.segment import add_precision_argument, add_refine_argument
 from groupvit.errors import InputError
-from groupvit.segment.segmenter import BACKGROUND_RULES
+from groupvit.segment.segmenter import BACKGROUND_RULES, RULE_CLASSES
 
 if TYPE_CHECKING:
     from groupvit.model import GroupViT
@@ -30,7 +30,6 @@ DISPLAY_SIZE = 384
 # earlier 10.8 / 10.2 with the official threshold.
 DEFAULT_BACKGROUND = "mutual"
 # The image's best classes that the 'mutual' rule may give out, chosen on the same seed (3: 38.6 / 34.4).
-MUTUAL_CLASSES = 2
 # Masks snapped to the scenes' colour edges, chosen on seed 11 (docs/synthetic-experiments.md): with mutual,
 # none 39.3 / 34.3, superpixel 42.2 / 35.9, pamr 46.6 / 38.8. The group maps (and the group oracle) are never refined.
 DEFAULT_REFINE = "pamr"
@@ -48,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "classes and maps them to background; 'threshold' is the official rule (a pixel whose "
                              "best class score is below --bg-thresh); 'best-group' gives the image's best shape to the "
                              "group that matches it best, the other groups are background; 'mutual' names every group "
-                             f"that and whose shape are each other's best match (among the image's {MUTUAL_CLASSES} "
-                             "best shapes), the other groups are background. "
+                             "that and whose shape are each other's best match (among the image's "
+                             f"{RULE_CLASSES['mutual']} best shapes), the other groups are background. "
                              f"Default {DEFAULT_BACKGROUND}")
     parser.add_argument("--bg-thresh", type=float, default=None,
                         help="threshold of --background threshold (default: the official VOC value 0.95)")
@@ -75,7 +74,7 @@ def synthetic_segmenter(
     ``EXTENDED_THING_CLASSES`` ids (``THING_CLASSES`` for the standard shapes).
     ``background="threshold"``: the shapes with the official background threshold; ``"best-group"``: the
     image's best shape on its best-matching group; ``"mutual"``: every group paired with a shape by mutual best
-    match (among the image's ``MUTUAL_CLASSES`` best); ``"names"``: the shapes and the background textures as
+    match (among the image's ``RULE_CLASSES['mutual']`` best); ``"names"``: the shapes and the background textures as
     classes, textures mapped to 0. Returns ``(Segmenter, uint8 [num_labels] table)``; whole-image mode at
     short side ``size``, masks refined by ``refine`` (:mod:`groupvit.segment.refine`), the image tower at
     ``precision`` (:mod:`groupvit.precision`).
@@ -89,7 +88,7 @@ def synthetic_segmenter(
     rule = background if background in BACKGROUND_RULES else "threshold"
     segmenter = Segmenter(model, vocabulary, background=not by_name, bg_thresh=bg_thresh, mode="whole",
                           short_side=size, window=size, stride=size, refine=refine, background_rule=rule,
-                          best_group_classes=MUTUAL_CLASSES if rule == "mutual" else 1, precision=precision)
+                          precision=precision)
     things = [1 + ALL_SHAPES.index(name) for name in names]
     table = things + [0] * len(BACKGROUNDS) if by_name else [0, *things]
     return segmenter, np.array(table, dtype=np.uint8)

@@ -22,7 +22,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from groupvit.commands.segment import add_model_arguments, load_model, warn_if_out_of_domain, window_settings
+from groupvit.commands.segment import (
+    add_model_arguments,
+    background_settings,
+    describe_settings,
+    load_model,
+    warn_if_out_of_domain,
+    window_settings,
+)
 from groupvit.errors import InputError
 from groupvit.pretrained import DEFAULT_OFFICIAL
 
@@ -113,9 +120,12 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         bg_thresh = dataset.bg_thresh if args.bg_thresh is None else args.bg_thresh
         segmenter = Segmenter(model, dataset.class_names, background=dataset.background, bg_thresh=bg_thresh,
                               templates=args.templates or "simple", mode=args.mode, batch_size=args.batch_size,
-                              **window_settings(args))
+                              **window_settings(args), **background_settings(args))
+        if env.is_main:
+            print(describe_settings("eval", segmenter), file=sys.stderr)
         settings = {
             "mode": segmenter.mode, "bg_thresh": segmenter.bg_thresh, "background": segmenter.background,
+            "background_rule": segmenter.background_rule, "best_group_classes": segmenter.best_group_classes,
             "templates": args.templates or "simple", "short_side": segmenter.short_side,
             "window": segmenter.window, "stride": segmenter.stride, "top_k": segmenter.top_k,
             "refine": args.refine, "backend": args.backend, "precision": segmenter.precision,

@@ -45,7 +45,7 @@ from groupvit.export.runtime import BACKENDS, OnnxGroupViT, is_export_dir, with_
 from groupvit.text.templates import TEMPLATES
 
 if TYPE_CHECKING:
-    from groupvit.segment.segmenter import SegmentationResult
+    from groupvit.segment.segmenter import SegmentationResult, Segmenter
     from groupvit.train.distributed import DistEnv
 
 SETTINGS_FILE = "segment-settings.json"
@@ -83,8 +83,38 @@ def window_settings(args: argparse.Namespace) -> dict[str, int | str | None]:
             "backend": args.backend, "precision": args.precision}
 
 
+def background_settings(args: argparse.Namespace) -> dict[str, str | int]:
+    """``--background-rule`` and ``--best-group-classes`` as :class:`~groupvit.Segmenter` keywords (the class
+    count of the rule's default when not given)."""
+    from groupvit.segment.segmenter import RULE_CLASSES
+
+    classes = RULE_CLASSES[args.background_rule] if args.best_group_classes is None else args.best_group_classes
+    if classes < 1:
+        raise InputError(f"--best-group-classes must be positive, got {classes}")
+    return {"background_rule": args.background_rule, "best_group_classes": classes}
+
+
+def describe_settings(command: str, segmenter: Segmenter) -> str:
+    """One line naming what decides the masks: mode and sizes, background rule, templates, refinement, precision."""
+    if segmenter.mode == "slide":
+        size = f"slide, short side {segmenter.short_side}, window {segmenter.window} stride {segmenter.stride}"
+    else:
+        size = f"whole image, short side {segmenter.short_side}"
+    if not segmenter.background:
+        rule = "no background"
+    elif segmenter.background_rule == "threshold":
+        rule = f"background threshold {segmenter.bg_thresh:g}"
+    else:
+        rule = f"background rule {segmenter.background_rule} ({segmenter.best_group_classes} classes)"
+    return (f"groupvit {command}: {size}; {rule}; refine {segmenter.refine or 'none'}; "
+            f"precision {segmenter.precision}")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared with ``groupvit eval``: weights, device, inference mode, templates, batch size."""
+    """Options shared with ``groupvit eval``: weights, device, inference mode, background rule, templates, batch
+    size."""
+    from groupvit.segment.segmenter import BACKGROUND_RULES, RULE_CLASSES
+
     parser.add_argument(
         "--weights", help="a name (gcc-yfcc, gcc-redcaps: downloaded once and cached; synthetic-small: bundled; "
         "see `groupvit weights`), our .pt, an official NVlabs .pth, a Hugging Face directory or hub id "
@@ -97,6 +127,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "synthetic-small model: 64 with --mode whole)")
     parser.add_argument("--window", type=int, default=448, help="sliding window side in pixels (default 448)")
     parser.add_argument("--stride", type=int, default=224, help="sliding window stride in pixels (default 224)")
+    parser.add_argument("--background-rule", choices=BACKGROUND_RULES, default="threshold",
+                        help="how groups become background: threshold (official: a group whose best score is below "
+                             "--bg-thresh), best-group (the image's best class goes to the group that matches it "
+                             "best, the other groups are background) or mutual (a group takes a class when each is "
+                             "the other's best match; the rule of groupvit demo). Default threshold")
+    parser.add_argument("--best-group-classes", type=int, default=None,
+                        help="best-group: classes given out per image; mutual: the image's best classes a group may "
+                             f"take (defaults {RULE_CLASSES['best-group']} and {RULE_CLASSES['mutual']})")
     parser.add_argument("--templates", choices=sorted(TEMPLATES), default=None,
                         help="prompt templates (default: simple for segmentation, subset for classification)")
     parser.add_argument("--batch-size", type=int, default=4,
@@ -310,6 +348,9 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         "short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine,
         "groups": not args.no_groups, "backend": args.backend, "precision": args.precision,
     }
+    rule = background_settings(args)
+    if rule["background_rule"] != "threshold":  # folders written before the rules existed stay resumable
+        settings.update(rule)
     refusal = None
     if env.is_main:
         try:
@@ -329,8 +370,10 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
     model = load_model(args.weights, args.device, env, args.backend)
     segmenter = Segmenter(
         model, names, background=not args.no_background, bg_thresh=bg_thresh, templates=args.templates or "simple",
-        mode=args.mode, batch_size=args.batch_size, **window_settings(args),
+        mode=args.mode, batch_size=args.batch_size, **window_settings(args), **rule,
     )
+    if env.is_main and not args.quiet:
+        print(describe_settings("segment", segmenter), file=sys.stderr)
     groups = not args.no_groups
     manifest, reader = Manifest(out / MANIFEST_FILE if args.skip_existing else None), InputReader()
     verbose = not args.quiet

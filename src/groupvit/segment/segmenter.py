@@ -165,6 +165,8 @@ def group_class_scores(
 
 
 BACKGROUND_RULES = ("threshold", "best-group", "mutual")
+# best_group_classes when not given: 'mutual' may pair the image's two best classes (the synthetic scenes' choice).
+RULE_CLASSES = {"threshold": 1, "best-group": 1, "mutual": 2}
 
 
 def check_deadline(deadline: float | None) -> None:
@@ -314,8 +316,8 @@ class Segmenter:
             background: :func:`best_group_scores`; scores are then one-hot) or ``'mutual'`` (a group takes a class
             when each is the other's best match and the class is among the image's ``best_group_classes`` best:
             :func:`mutual_best_scores`; one-hot).
-        best_group_classes: classes given out per crop by ``'best-group'``, or the image's best classes that
-            ``'mutual'`` may give out (default 1).
+        best_group_classes: classes given out per crop by ``'best-group'`` (default 1), or the image's best
+            classes that ``'mutual'`` may give out (default 2): ``RULE_CLASSES``.
         precision: ``'fp32'`` (official), ``'bf16'`` (the image tower under bfloat16 autocast; float32 with one
             warning where the device has no native bfloat16) or ``'auto'`` (bf16 where native, else fp32):
             :mod:`groupvit.precision`. Class embeddings, scores and soft maps stay float32. The ONNX backends
@@ -339,7 +341,7 @@ class Segmenter:
         refine: str | None = None,
         backend: str = "torch",
         background_rule: str = "threshold",
-        best_group_classes: int = 1,
+        best_group_classes: int | None = None,
         precision: str = "fp32",
     ) -> None:
         self.class_names = normalize_class_names(class_names)
@@ -354,6 +356,8 @@ class Segmenter:
             raise InputError(f"bg_thresh must be a finite number, got {bg_thresh}")
         if background_rule not in BACKGROUND_RULES:
             raise InputError(f"background_rule must be one of {', '.join(BACKGROUND_RULES)}, got {background_rule!r}")
+        if best_group_classes is None:
+            best_group_classes = RULE_CLASSES[background_rule]
         for name, value in (("short_side", short_side), ("max_long_side", max_long_side), ("top_k", top_k),
                             ("batch_size", batch_size), ("best_group_classes", best_group_classes)):
             if int(value) < 1:

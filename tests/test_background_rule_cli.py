@@ -1,0 +1,71 @@
+"""``--background-rule`` on ``segment`` and ``eval``: the demo's rules, with the same names as the Segmenter."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import groupvit
+from groupvit.cli import main as cli_main
+from groupvit.commands.demo import synthetic_segmenter
+from groupvit.data.synthetic import THING_CLASSES, SceneGenerator
+from groupvit.evaluate.miou import IoUAccumulator
+from groupvit.pretrained import BUNDLED
+from groupvit.segment.segmenter import RULE_CLASSES, Segmenter
+
+
+@pytest.mark.parametrize("rule", ["mutual", "best-group", "threshold"])
+def test_eval_with_a_rule_scores_what_the_demo_scores_on_the_same_scenes(tmp_path, capsys, rule):
+    root = tmp_path / "scenes"
+    assert cli_main(["synth", "eval", str(root), "--num", "12", "--size", "64", "--seed", "7"]) == 0
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--root", str(root), "--weights", BUNDLED, "--short-side", "64", "--mode", "whole",
+            "--background-rule", rule, "--out", str(out), "--quiet"]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().err
+    expected_line = {"mutual": "background rule mutual (2 classes)", "best-group": "background rule best-group (1 "
+                     "classes)", "threshold": "background threshold 0.95"}[rule]
+    assert f"groupvit eval: whole image, short side 64; {expected_line}; refine none; precision fp32" in printed
+    payload = json.loads(out.read_text())
+    assert payload["settings"]["background_rule"] == rule
+    assert payload["settings"]["best_group_classes"] == RULE_CLASSES[rule]
+
+    model = groupvit.load_pretrained(BUNDLED)
+    segmenter, table = synthetic_segmenter(model, rule, 0.95, 64)
+    # the demo's rule on the scenes as written (JPEG images, PNG labels) and read back
+    folder = root / "VOC2012"
+    images = [np.asarray(Image.open(folder / "JPEGImages" / f"all_{i:06d}.jpg").convert("RGB")) for i in range(12)]
+    labels = [np.asarray(Image.open(folder / "SegmentationClass" / f"all_{i:06d}.png")) for i in range(12)]
+    iou = IoUAccumulator(len(THING_CLASSES))
+    for truth, result in zip(labels, segmenter(images, groups=False), strict=True):
+        iou.update(table[result.labels], truth)
+    assert abs(payload["results"]["mIoU"] - 100 * iou.compute().miou) < 0.01
+
+
+def test_segment_takes_the_rule_and_records_it(tmp_path, capsys):
+    scene = SceneGenerator(image_size=64, seed=3, split="eval-all").sample(0)
+    image = tmp_path / "scene.png"
+    Image.fromarray(scene.image).save(image)
+    out = tmp_path / "out"
+    argv = ["segment", str(image), "--weights", BUNDLED, "--classes", ",".join(THING_CLASSES[1:]), "--short-side", "64",
+            "--mode", "whole", "--background-rule", "mutual", "--best-group-classes", "3", "--out", str(out)]
+    assert cli_main(argv) == 0
+    assert "background rule mutual (3 classes)" in capsys.readouterr().err
+    settings = json.loads((out / "segment-settings.json").read_text())
+    assert settings["background_rule"] == "mutual" and settings["best_group_classes"] == 3
+    labels = np.asarray(Image.open(out / "scene_labels.png"))
+    model = groupvit.load_pretrained(BUNDLED)
+    expected = Segmenter(model, THING_CLASSES[1:], mode="whole", short_side=64, window=64, stride=64,
+                         background_rule="mutual", best_group_classes=3)(scene.image).labels
+    assert np.array_equal(labels, expected)
+    assert cli_main([*argv[:-2], "--best-group-classes", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--best-group-classes must be positive" in capsys.readouterr().err
+
+
+def test_segmenter_gives_each_rule_its_class_count():
+    model = groupvit.load_pretrained(BUNDLED)
+    assert Segmenter(model, ["red", "blue"], background_rule="mutual").best_group_classes == 2
+    assert Segmenter(model, ["red", "blue"], background_rule="best-group").best_group_classes == 1
