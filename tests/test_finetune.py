@@ -88,7 +88,7 @@ def test_init_from_every_weight_format(tmp_path, fmt):
     elif fmt == "official":
         source = official_checkpoint(model, tmp_path / "group_vit.pth")
     else:
-        source = model.save_pretrained(tmp_path / "hf")
+        source = groupvit.save_pretrained(model, tmp_path / "hf")
     cfg = TrainConfig.from_dict({"model": {"init": str(source), "vision": {"drop_path_rate": 0.0}},
                                  "train": {"device": "cpu"}})
     assert cfg.model_config().vision.depths == model.config.vision.depths

@@ -312,4 +312,4 @@ def test_group_residual_false_leaves_the_group_token_out_of_its_segment(tmp_path
 
     model = groupvit.create_model("tiny", vision__group_residual=False)
     with pytest.raises(WeightsError, match="group_residual=false"):
-        model.save_pretrained(tmp_path / "hf")
+        groupvit.save_pretrained(model, tmp_path / "hf")

@@ -132,7 +132,7 @@ def test_save_pretrained_roundtrip_through_transformers(pair, tmp_path):
     torch.manual_seed(3)
     fresh = groupvit.create_model(ours.config).eval()
     randomize_buffers(fresh, seed=4)
-    fresh.save_pretrained(tmp_path)
+    groupvit.save_pretrained(fresh, tmp_path)
     hf = transformers.GroupViTModel.from_pretrained(tmp_path).eval()
     size = 224 if name == "default" else 64
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5))

@@ -103,7 +103,7 @@ def test_unexpected_and_missing_keys_are_listed(tiny, tmp_path):
 def test_own_checkpoint_and_hf_roundtrip(tiny, inputs, tmp_path):
     own = groupvit.save_checkpoint(tiny, tmp_path / "own.pt")
     assert_same(outputs(load_pretrained(own), *inputs), outputs(tiny, *inputs))
-    hf_dir = tiny.save_pretrained(tmp_path / "hf")
+    hf_dir = groupvit.save_pretrained(tiny, tmp_path / "hf")
     assert (hf_dir / "config.json").is_file() and (hf_dir / "model.safetensors").is_file()
     from_hf = load_pretrained(hf_dir)
     assert from_hf.multi_label_logit_scale is None  # no counterpart in the Hugging Face format
@@ -204,3 +204,21 @@ def test_cli_convert_half_precision(tiny, inputs, tmp_path):
     assert next(loaded.parameters()).dtype == torch.float32
     ours, ref = outputs(loaded, *inputs), outputs(tiny, *inputs)
     assert (ours[2] - ref[2]).abs().max() < 1e-2
+
+
+def test_the_model_package_does_not_import_the_weights_module():
+    """The model is built by groupvit.weights, never the other way round (no import circle, lazy or not)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(groupvit.__file__).parent / "model"
+    imported = set()
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert "groupvit.model" in {name.rsplit(".", 1)[0] for name in imported}  # the scan sees the package's imports
+    assert not {name for name in imported if name.startswith(("groupvit.weights", "groupvit.pretrained"))}
+    assert not hasattr(groupvit.GroupViT, "save_pretrained")

@@ -8,7 +8,7 @@ Public API::
     tokens = groupvit.tokenize(["a photo of a cat."])          # LongTensor [B, 77]
     image_embeds = model.encode_image(images)                  # [B, D], L2-normalised
     text_embeds = model.encode_text(tokens)                    # [B, D]
-    model.save_pretrained("out_dir")                           # Hugging Face layout
+    groupvit.save_pretrained(model, "out_dir")                 # Hugging Face layout
     groupvit.export_onnx(model, "onnx_dir")                    # image.onnx + text.onnx for onnxruntime
 """
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -120,16 +118,6 @@ class GroupViT(nn.Module):
             image_embeds = F.normalize(image_embeds, dim=-1)
             group_embeds = F.normalize(group_embeds, dim=-1)
         return ImageEncoding(image_embeds, group_embeds, out.assignments, out.grid)
-
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the Hugging Face layout (``config.json`` + ``model.safetensors``) to ``directory``.
-
-        ``transformers.GroupViTModel.from_pretrained(directory)`` and :func:`groupvit.load_pretrained`
-        both read it.
-        """
-        from groupvit.weights import save_pretrained
-
-        return save_pretrained(self, directory)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> ContrastiveOutput:
         """CLIP-style logits between every image ``[B_i, 3, H, W]`` and every text ``[B_t, T]``."""
