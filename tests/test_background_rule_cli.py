@@ -63,6 +63,7 @@ def test_segment_takes_the_rule_and_records_it(tmp_path, capsys):
     assert np.array_equal(labels, expected)
     assert cli_main([*argv[:-2], "--best-group-classes", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--best-group-classes must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before the output folder is made
 
 
 def test_segmenter_gives_each_rule_its_class_count():

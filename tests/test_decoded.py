@@ -131,9 +131,8 @@ def test_a_full_disk_mid_shard_keeps_reading_and_leaves_no_entry(tmp_path, monke
 
     original = decoded._Entry.__init__
 
-    def init(self, root, key):
-        original(self, root, key)
-        self._handle = FullDisk(self._handle)
+    def init(self, pixels):
+        original(self, FullDisk(pixels))
 
     monkeypatch.setattr(decoded._Entry, "__init__", init)
     make_shards(tmp_path, 1, 5)
@@ -144,3 +143,19 @@ def test_a_full_disk_mid_shard_keeps_reading_and_leaves_no_entry(tmp_path, monke
         events = outcomes(source)
     assert events == outcomes(ShardSource(path))
     assert not any((tmp_path / "cache").iterdir())
+
+
+def test_a_damaged_entry_is_decoded_again_without_repeating_a_sample(tmp_path):
+    make_shards(tmp_path, 1, 4)
+    path = str(tmp_path / "s-000000.tar")
+    source = ShardSource(path)
+    source.decoded = DecodedShards(tmp_path / "cache")
+    plain = outcomes(ShardSource(path))
+    assert outcomes(source) == plain
+    (pixels,) = (tmp_path / "cache").glob("*.pixels")
+    pixels.write_bytes(pixels.read_bytes()[:100])  # pixels cut short: the index points past them
+    assert outcomes(source) == plain
+    assert pixels.stat().st_size > 100  # the entry was written again
+    (index,) = (tmp_path / "cache").glob("*.json")
+    index.write_text('{"format": 1, "samples": [["x", 0]], "problems": []}')  # a row of the wrong shape
+    assert outcomes(source) == plain

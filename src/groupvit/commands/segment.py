@@ -95,7 +95,7 @@ def background_settings(args: argparse.Namespace) -> dict[str, str | int]:
 
 
 def describe_settings(command: str, segmenter: Segmenter) -> str:
-    """One line naming what decides the masks: mode and sizes, background rule, templates, refinement, precision."""
+    """One line naming what decides the masks: mode and sizes, background rule, refinement, precision."""
     if segmenter.mode == "slide":
         size = f"slide, short side {segmenter.short_side}, window {segmenter.window} stride {segmenter.stride}"
     else:
@@ -335,6 +335,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         bg_thresh = 0.95 if args.bg_thresh is None else args.bg_thresh
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
+    rule = background_settings(args)
     inputs = collect_inputs(args.images)
     out = Path(args.out)
     try:
@@ -348,7 +349,6 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         "short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine,
         "groups": not args.no_groups, "backend": args.backend, "precision": args.precision,
     }
-    rule = background_settings(args)
     if rule["background_rule"] != "threshold":  # folders written before the rules existed stay resumable
         settings.update(rule)
     refusal = None

@@ -20,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -53,29 +53,31 @@ class DecodedShards:
         """The shard's samples in order, as :meth:`ShardSource.read` gives them: a RawSample holding decoded
         ``pixels`` (or the ``problem`` decoding met) where ``want(position)``, else None."""
         try:
-            key = shard_key(shard)
+            key: str | None = shard_key(shard)
         except OSError:
             key = None
-        index_file = self.root / f"{key}.json"
-        if key is not None and index_file.is_file():
-            try:
-                yield from self._cached(index_file, self.root / f"{key}.pixels", shard, source, index, want, report)
-                return
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # a damaged or foreign entry: decode the shard again and replace it
+        stored = self._load(key) if key is not None else None
+        if stored is not None:
+            yield from self._replay(shard, source, index, want, report, *stored)
+            return
         if key is None or not self._writable:
             yield from self._decode(shard, source, index, want, report, None)
             return
-        entry = _Entry(self.root, key)
+        entry = None
         try:
-            yield from self._decode(shard, source, index, want, entry.report(report), entry)
-            entry.commit()
-        finally:
-            entry.discard()
-        if entry.error is not None:
+            with atomic_path(self.root / f"{key}.pixels") as pixels_tmp, open(pixels_tmp, "wb") as pixels:
+                entry = _Entry(pixels)
+                yield from self._decode(shard, source, index, want, entry.report(report), entry)
+                if entry.error is not None:
+                    raise entry.error  # the pixels are incomplete: atomic_path removes them
+            with atomic_path(self.root / f"{key}.json") as index_tmp:
+                index_tmp.write_text(entry.index())
+        except OSError as err:
             self._writable = False
-            warnings.warn(f"decoded-shard cache {self.root} cannot be written ({entry.error}); reading shards "
-                          "without it", stacklevel=2)
+            warnings.warn(f"decoded-shard cache {self.root} cannot be written ({err}); reading shards without it",
+                          stacklevel=2)
+            if entry is None:  # the folder or the pixel file could not be made: nothing was read yet
+                yield from self._decode(shard, source, index, want, report, None)
 
     def _decode(self, shard: Path, source: int, index: int, want: Want | None, report: Report,
                 entry: _Entry | None) -> Iterator[RawSample | None]:
@@ -99,20 +101,33 @@ class DecodedShards:
                     continue
             yield raw
 
-    def _cached(self, index_file: Path, pixels_file: Path, shard: Path, source: int, index: int, want: Want | None,
-                report: Report) -> Iterator[RawSample | None]:
-        data = json.loads(index_file.read_text())
-        if data.get("format") != FORMAT:
-            raise ValueError("another format")
-        samples = data["samples"]
-        size = pixels_file.stat().st_size
-        pixels = np.memmap(pixels_file, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
-        lines = iter(data["problems"] + [[len(samples), None]])
-        before, line = next(lines)
+    def _load(self, key: str) -> tuple[list[tuple], dict[int, list[str]], np.ndarray] | None:
+        """The stored entry of ``key``: its sample rows, its problem lines by the number of samples read before
+        them, and its pixels; None when there is none, or it is damaged or of another format."""
+        try:
+            data = json.loads((self.root / f"{key}.json").read_text())
+            if data["format"] != FORMAT:
+                return None
+            samples = [(str(k), int(o), int(h), int(w), c, p) for k, o, h, w, c, p in data["samples"]]
+            lines: dict[int, list[str]] = {}
+            for count, line in data["problems"]:
+                lines.setdefault(int(count), []).append(str(line))
+            pixels_file = self.root / f"{key}.pixels"
+            size = pixels_file.stat().st_size
+            end = max((o + h * w * 3 for _, o, h, w, _, p in samples if p is None), default=0)
+            if end > size:
+                return None
+            pixels = np.memmap(pixels_file, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return samples, lines, pixels
+
+    def _replay(self, shard: Path, source: int, index: int, want: Want | None, report: Report,
+                samples: list[tuple], lines: dict[int, list[str]], pixels: np.ndarray) -> Iterator[RawSample | None]:
+        """The samples of a stored entry, each problem line reported where the shard's read reported it."""
         for position, (key, offset, height, width, caption, problem) in enumerate(samples):
-            while line is not None and before <= position:
+            for line in lines.pop(position, ()):
                 report(line)
-                before, line = next(lines)
             if want is not None and not want(position):
                 yield None
             elif problem is not None:
@@ -120,30 +135,20 @@ class DecodedShards:
             else:
                 array = pixels[offset : offset + height * width * 3].reshape(height, width, 3)
                 yield RawSample((source, index, position), f"{shard.name}/{key}", pixels=array, caption=caption)
-        while line is not None:
-            report(line)
-            before, line = next(lines)
+        for count in sorted(lines):
+            for line in lines[count]:
+                report(line)
 
 
 class _Entry:
-    """A cache entry being written: pixels appended to a temporary file beside their target, samples and
-    problem lines kept in memory; :meth:`commit` renames the pixels into place and writes the index. A write
-    that fails (``error``) stops the recording; the read it belongs to goes on."""
+    """The samples and problem lines of a shard being decoded, its pixels appended to ``pixels``; a write that
+    fails (``error``) stops the recording, and the read it belongs to goes on."""
 
-    def __init__(self, root: Path, key: str) -> None:
-        self.pixels_file, self.index_file = root / f"{key}.pixels", root / f"{key}.json"
+    def __init__(self, pixels: BinaryIO) -> None:
+        self.pixels = pixels
         self.samples: list[list] = []
         self.lines: list[list] = []
         self.error: OSError | None = None
-        self._tmp: Path | None = None
-        self._handle = None
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=root)
-            self._tmp = Path(name)
-            self._handle = os.fdopen(fd, "wb")
-        except OSError as err:
-            self.error = err
 
     def report(self, report: Report) -> Report:
         """``report`` that also records each line with the number of samples read before it."""
@@ -161,28 +166,11 @@ class _Entry:
             if array is None:
                 self.samples.append([key, 0, 0, 0, None, text])
             else:
-                self.samples.append([key, self._handle.tell(), array.shape[0], array.shape[1], text, None])
-                self._handle.write(array.tobytes())
+                self.samples.append([key, self.pixels.tell(), array.shape[0], array.shape[1], text, None])
+                self.pixels.write(array.tobytes())
         except OSError as err:
             self.error = err
 
-    def commit(self) -> None:
-        """Put the pixels and then the index into place (nothing when a write failed)."""
-        if self.error is not None:
-            return
-        try:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            os.replace(self._tmp, self.pixels_file)
-            with atomic_path(self.index_file) as tmp:
-                tmp.write_text(json.dumps({"format": FORMAT, "problems": self.lines, "samples": self.samples}))
-        except OSError as err:
-            self.error = err
-
-    def discard(self) -> None:
-        """Close and remove the temporary file, if it is still there."""
-        if self._handle is not None and not self._handle.closed:
-            self._handle.close()
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+    def index(self) -> str:
+        """The index file's JSON."""
+        return json.dumps({"format": FORMAT, "problems": self.lines, "samples": self.samples})
