@@ -65,7 +65,7 @@ def ask(client: Client, case: Case) -> str | None:
     """Send one case; ``None`` when the answer is right, else what was wrong with it."""
     try:
         out = client.predict(handle_file(str(case.image)), case.classes, case.weights, True, 0.95, "whole", "none",
-                             "fp32", api_name="/segment")
+                             "fp32", "threshold", api_name="/segment")
     except Exception as err:  # gradio_client raises the server's message as an exception
         message = str(err).strip()
         if case.refusal is None:

@@ -46,8 +46,8 @@ def main() -> None:
         root = Path(tmp)
         scene = root / "scene.png"
         Image.fromarray(SceneGenerator(image_size=64, seed=0, split="eval-all").sample(0).image).save(scene)
-        labels = Segmenter(load_pretrained(BUNDLED), classes, mode="whole", short_side=64, window=64,
-                           stride=32)(str(scene)).labels
+        labels = Segmenter(load_pretrained(BUNDLED), classes, mode="whole", short_side=64, window=64, stride=32,
+                           background_rule="threshold", refine="none")(str(scene)).labels
         valid, make = app_load.scenario(root / "abuse", scene, labels, classes, SHAPES, BUNDLED)
         app = App([BUNDLED])
         app.launch(port=None, prevent_thread_lock=True, quiet=True)

@@ -21,8 +21,8 @@ import groupvit
 from groupvit.commands.demo import DEFAULT_REFINE, synthetic_segmenter
 from groupvit.data.synthetic import BACKGROUNDS, COLOURS, SHAPES, THING_CLASSES
 from groupvit.evaluate.miou import IoUAccumulator
+from groupvit.inference import BACKGROUND_RULES
 from groupvit.pretrained import DEFAULT_BG_THRESH, default_weights_path
-from groupvit.segment.segmenter import BACKGROUND_RULES
 
 SCALE = 4  # drawn at 4x, then reduced: smooth edges
 

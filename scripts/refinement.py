@@ -25,9 +25,9 @@ from groupvit.commands.demo import DEFAULT_BACKGROUND, synthetic_segmenter
 from groupvit.data.synthetic import THING_CLASSES, SceneGenerator
 from groupvit.evaluate.boundary import BoundaryCounts
 from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
+from groupvit.inference import BACKGROUND_RULES
 from groupvit.pretrained import BUNDLED, DEFAULT_BG_THRESH
 from groupvit.segment.refine import pamr, superpixel_mean, superpixels
-from groupvit.segment.segmenter import BACKGROUND_RULES
 from groupvit.segment.sliding import upsample_argmax
 from groupvit.segment.visualize import contact_sheet, save_png, voc_palette
 from groupvit.weights import load_pretrained

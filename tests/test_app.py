@@ -31,9 +31,13 @@ def scene_file(tmp_path_factory) -> Path:
     return path
 
 
-def expected_labels(path: Path) -> np.ndarray:
-    segmenter = Segmenter(load_pretrained(BUNDLED), SHAPES, bg_thresh=0.95, mode="whole", short_side=64)
-    return segmenter(path).labels
+def expected_labels(path: Path, **settings) -> np.ndarray:
+    """The label map of the bundled model's own settings (mutual rule, PAMR), or of the ``settings`` given."""
+    return Segmenter(load_pretrained(BUNDLED), SHAPES, **settings)(path).labels
+
+
+# The settings the API tests type: the official rule, unrefined, at the bundled model's scale.
+OFFICIAL_RULE = {"bg_thresh": 0.95, "mode": "whole", "refine": "none", "background_rule": "threshold"}
 
 
 def bad_uploads(folder: Path) -> dict[str, Path]:
@@ -53,7 +57,7 @@ def bad_uploads(folder: Path) -> dict[str, Path]:
 def test_the_command_shown_beside_the_result_gives_the_same_labels(scene_file, tmp_path):
     """The page and ``groupvit segment`` agree on one image when run with the settings the page shows."""
     service = SegmentationService()
-    result = service.run(str(scene_file), CLASSES, BUNDLED, bg_thresh=0.5, refine="pamr")
+    result = service.run(str(scene_file), CLASSES, BUNDLED, bg_thresh=0.5, refine="pamr", background_rule="threshold")
     words = shlex.split(result.command)
     assert words[:3] == ["groupvit", "segment", "IMAGE"]
     assert {"--bg-thresh", "0.5", "--refine", "pamr", "--precision", "fp32"} <= set(words)
@@ -67,12 +71,16 @@ def test_service_segments_like_the_segmenter_and_caches(scene_file):
     service = SegmentationService()
     result = service.run(str(scene_file), CLASSES, BUNDLED)
     np.testing.assert_array_equal(result.labels, expected_labels(scene_file))
+    assert {"--background-rule", "mutual", "--best-group-classes", "2", "--refine", "pamr"} <= set(
+        shlex.split(result.command))  # the weights' own settings, spelled out
+    official = service.run(str(scene_file), CLASSES, BUNDLED, **OFFICIAL_RULE)
+    np.testing.assert_array_equal(official.labels, expected_labels(scene_file, **OFFICIAL_RULE))
     assert result.overlay.shape[0] == 384 and result.overlay.dtype == np.uint8  # 64 px shown at 384, legend beside
     assert sum(share for _, share in result.table) == pytest.approx(100, abs=0.05)
     assert {name for name, _ in result.table} <= {"background", *SHAPES}
-    first = service.segmenter(BUNDLED, CLASSES, True, 0.95, "whole", "none")
+    first = service.segmenter(BUNDLED, CLASSES, True, None, None, None)
     service.run(str(scene_file), CLASSES, BUNDLED)
-    assert service.segmenter(BUNDLED, CLASSES, True, 0.95, "whole", "none") is first  # embeddings reused
+    assert service.segmenter(BUNDLED, CLASSES, True, None, None, None) is first  # embeddings reused
 
 
 # The service's own message for each bad upload (bad_uploads), as the page and its API must pass them on.
@@ -120,11 +128,11 @@ def test_api_returns_the_segmenter_labels_and_survives_bad_uploads(served, scene
 
     def segment(path: Path):
         return client.predict(handle_file(str(path)), CLASSES, BUNDLED, True, 0.95, "whole", "none", "fp32",
-                              api_name="/segment")
+                              "threshold", api_name="/segment")
 
     overlay, groups, table, labels, command = segment(scene_file)
     assert command.startswith(f"groupvit segment IMAGE --weights {BUNDLED} --classes ")
-    np.testing.assert_array_equal(read_label_map(labels), expected_labels(scene_file))
+    np.testing.assert_array_equal(read_label_map(labels), expected_labels(scene_file, **OFFICIAL_RULE))
     assert Image.open(overlay).size[1] == 384 and Path(groups).is_file()
     assert table["headers"] == ["class", "% of pixels"] and table["data"][0][0] in {"background", *SHAPES}
     for name, path in bad_uploads(tmp_path).items():
@@ -134,7 +142,8 @@ def test_api_returns_the_segmenter_labels_and_survives_bad_uploads(served, scene
         assert "\n" not in message, f"more than one line for the {name} upload"
         assert UPLOAD_ERRORS[name] in message, f"the {name} upload got {message!r}, not the service's message"
         # The server keeps serving.
-        np.testing.assert_array_equal(read_label_map(segment(scene_file)[3]), expected_labels(scene_file))
+        np.testing.assert_array_equal(read_label_map(segment(scene_file)[3]),
+                                      expected_labels(scene_file, **OFFICIAL_RULE))
 
 
 def test_page_in_a_real_browser(served, scene_file, tmp_path):
@@ -164,16 +173,27 @@ def test_page_in_a_real_browser(served, scene_file, tmp_path):
         box.clear()
         box.send_keys("circle, square, triangle, star, heart, cross")
         wait.until(lambda d: scene_file.stem in d.find_element(By.CSS_SELECTOR, "#image").text)
-        driver.find_element(By.CSS_SELECTOR, "#segment").click()
+        # The page opens with the weights' own rule chosen.
+        checked = driver.find_element(By.CSS_SELECTOR, "#rule input:checked").get_attribute("value")
+        assert checked == "mutual", checked
+
+        def segment(expected: np.ndarray, rule: str) -> None:
+            before = driver.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value")
+            driver.find_element(By.CSS_SELECTOR, "#segment").click()
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value") != before)
+            shown = driver.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value")
+            assert shown.startswith(f"groupvit segment IMAGE --weights {BUNDLED} --classes "), shown
+            assert f"--background-rule {rule}" in shown, shown
+            wait.until(lambda d: "background" in d.find_element(By.CSS_SELECTOR, "#table").text)
+            table = driver.find_element(By.CSS_SELECTOR, "#table").text
+            for label in np.unique(expected):
+                name = ("background", *SHAPES)[label]
+                assert name in table, f"{name} missing from the class table: {table!r}"
+
+        segment(expected_labels(scene_file), "mutual")
+        driver.find_element(By.CSS_SELECTOR, "#rule input[value='best-group']").click()
+        segment(expected_labels(scene_file, background_rule="best-group"), "best-group")
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#overlay img")))
-        wait.until(lambda d: "background" in d.find_element(By.CSS_SELECTOR, "#table").text)
-        table = driver.find_element(By.CSS_SELECTOR, "#table").text
-        shown = driver.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value")
-        assert shown.startswith(f"groupvit segment IMAGE --weights {BUNDLED} --classes "), shown
-        expected = expected_labels(scene_file)
-        for label in np.unique(expected):
-            name = ("background", *SHAPES)[label]
-            assert name in table, f"{name} missing from the class table: {table!r}"
         shot = Path(os.environ.get("GROUPVIT_APP_SCREENSHOT", tmp_path / "app.png"))
         driver.save_screenshot(str(shot))
         assert Image.open(shot).size[0] > 800
@@ -195,7 +215,7 @@ def test_the_console_gets_one_line_per_refused_request_and_no_banner(tmp_path, c
         path = bad_uploads(tmp_path)["not an image"]
         with pytest.raises(Exception, match="is not an image file Pillow can read"):
             client.predict(handle_file(str(path)), CLASSES, BUNDLED, True, 0.95, "whole", "none", "fp32",
-                           api_name="/segment")
+                           "threshold", api_name="/segment")
     finally:
         app.blocks.close()
     out, err = capfd.readouterr()

@@ -35,7 +35,9 @@ def scene(path: Path, seed: int) -> Path:
 
 
 def expected(path: Path, classes: str = CLASSES) -> np.ndarray:
-    segmenter = Segmenter(load_pretrained(BUNDLED), classes, mode="whole", short_side=64, window=64, stride=32)
+    """The labels the API tests ask for: the official rule, unrefined, at the bundled model's scale."""
+    segmenter = Segmenter(load_pretrained(BUNDLED), classes, mode="whole", short_side=64, window=64, stride=32,
+                          background_rule="threshold", refine="none")
     return segmenter(str(path)).labels
 
 
@@ -118,7 +120,7 @@ def test_requests_stop_at_the_time_limit(tmp_path, monkeypatch):
     wide = np.concatenate([generator.sample(i).image for i in range(4)], axis=1)  # 64 x 256: 7 windows
     image = tmp_path / "wide.png"
     Image.fromarray(wide).save(image)
-    slow = service.segmenter(BUNDLED, CLASSES, True, 0.95, "slide", "none")
+    slow = service.segmenter(BUNDLED, CLASSES, True, None, "slide", None)  # what run(mode="slide") asks for
     clock, crops = SimpleNamespace(now=0.0), []
     monkeypatch.setattr(page, "time", SimpleNamespace(monotonic=lambda: clock.now))
     monkeypatch.setattr(segmenter_module, "time", SimpleNamespace(monotonic=lambda: clock.now))
@@ -165,7 +167,7 @@ def test_concurrent_clients_get_their_own_answers(served, tmp_path):
         api = Client(url, verbose=False)
         for _ in range(3):
             out = api.predict(handle_file(str(path)), classes, BUNDLED, True, 0.95, "whole", "none", "fp32",
-                              api_name="/segment")
+                              "threshold", api_name="/segment")
             if not np.array_equal(read_label_map(out[3]), labels):
                 problems.append(f"{path.name}: wrong labels")
 

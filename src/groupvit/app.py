@@ -25,9 +25,9 @@ from PIL import Image
 
 from groupvit.data.images import ImageSource, read_image
 from groupvit.errors import GroupViTError, InputError
+from groupvit.inference import BACKGROUND_RULES, REFINE_METHODS, ResolvedSettings, model_settings, resolve_settings
 from groupvit.precision import PRECISIONS
 from groupvit.pretrained import BUNDLED, WEIGHTS, local_path
-from groupvit.segment.refine import REFINE_METHODS
 from groupvit.segment.segmenter import Segmenter, normalize_class_names
 from groupvit.segment.visualize import group_maps_image, label_image, overlay, save_png
 
@@ -70,13 +70,20 @@ class PageResult:
     command: str
 
 
-def segment_command(weights: str, segmenter: Segmenter, refine: str, precision: str, image: str = "IMAGE") -> str:
-    """The command line that runs ``segmenter`` (weights, classes, background, window, refinement, precision)."""
+def segment_command(weights: str, segmenter: Segmenter, precision: str, image: str = "IMAGE") -> str:
+    """The command line that runs ``segmenter`` (weights, classes, background rule, window, refinement, precision),
+    every setting spelled out."""
     words = ["groupvit", "segment", image, "--weights", _key(weights), "--classes",
              ",".join(segmenter.class_names), "--mode", segmenter.mode, "--short-side", str(segmenter.short_side),
              "--window", str(segmenter.window), "--stride", str(segmenter.stride)]
-    words += ["--bg-thresh", f"{segmenter.bg_thresh:g}"] if segmenter.background else ["--no-background"]
-    words += ["--refine", refine, "--precision", precision]
+    if not segmenter.background:
+        words += ["--no-background"]
+    elif segmenter.background_rule == "threshold":
+        words += ["--background-rule", "threshold", "--bg-thresh", f"{segmenter.bg_thresh:g}"]
+    else:
+        words += ["--background-rule", segmenter.background_rule, "--best-group-classes",
+                  str(segmenter.best_group_classes)]
+    words += ["--refine", segmenter.refine or "none", "--precision", precision]
     return shlex.join(words)
 
 
@@ -185,20 +192,29 @@ class SegmentationService:
         size = int(self.model(weights).config.vision.image_size)
         return OFFICIAL_SHORT_SIDE if size >= 224 else size
 
+    def settings(self, weights: str) -> ResolvedSettings:
+        """The settings a request with nothing chosen gets: the weights' own (:mod:`groupvit.inference`), else the
+        page's defaults (the model's scale: :meth:`short_side`), else the official protocol."""
+        side = self.short_side(weights)
+        return resolve_settings(model_settings(self.model(weights)), {},
+                                {"short_side": side, "window": side, "stride": max(1, side // 2)})
+
     def segmenter(
-        self, weights: str, classes: str, background: bool, bg_thresh: float, mode: str, refine: str,
-        precision: str = "fp32",
+        self, weights: str, classes: str, background: bool, bg_thresh: float | None, mode: str | None,
+        refine: str | None, precision: str = "fp32", background_rule: str | None = None,
     ) -> Segmenter:
-        """A segmenter for these settings; the last few are kept, so a vocabulary is encoded once."""
+        """A segmenter for these settings (``None``: :meth:`settings`); the last few are kept, so a vocabulary is
+        encoded once."""
         names = check_class_list(classes)
-        key = (_key(weights), names, bool(background), float(bg_thresh), mode, refine, precision)
+        threshold = None if bg_thresh is None else float(bg_thresh)
+        key = (_key(weights), names, bool(background), threshold, mode, refine, precision, background_rule)
         if key in self._segmenters:
             self._segmenters.move_to_end(key)
             return self._segmenters[key]
         side = self.short_side(weights)
-        segmenter = Segmenter(self.model(weights), names, background=background, bg_thresh=bg_thresh, mode=mode,
-                              short_side=side, window=side, stride=max(1, side // 2), refine=refine,
-                              precision=precision)
+        segmenter = Segmenter(self.model(weights), names, background=background, bg_thresh=threshold, mode=mode,
+                              refine=refine, precision=precision, background_rule=background_rule,
+                              defaults={"short_side": side, "window": side, "stride": max(1, side // 2)})
         self._segmenters[key] = segmenter
         while len(self._segmenters) > CACHED_SEGMENTERS:
             self._segmenters.popitem(last=False)
@@ -223,15 +239,17 @@ class SegmentationService:
 
     def run(
         self, image: ImageSource | None, classes: str, weights: str = BUNDLED, background: bool = True,
-        bg_thresh: float = 0.95, mode: str = "whole", refine: str = "none", precision: str = "fp32",
+        bg_thresh: float | None = None, mode: str | None = None, refine: str | None = None, precision: str = "fp32",
+        background_rule: str | None = None,
     ) -> PageResult:
-        """Segment one upload and make the page's pictures and table (the segmenter checks mode, refine, precision).
+        """Segment one upload and make the page's pictures and table (the segmenter checks mode, refine, precision
+        and the rule; a setting left ``None`` is the weights' own, else the official one: :meth:`settings`).
 
         Stopped with :class:`~groupvit.errors.TimeLimitError` when the segmentation is still running
         :data:`REQUEST_TIME_S` seconds after the request started (checked between batches of crops).
         """
         deadline = time.monotonic() + REQUEST_TIME_S
-        segmenter = self.segmenter(weights, classes, background, bg_thresh, mode, refine, precision)
+        segmenter = self.segmenter(weights, classes, background, bg_thresh, mode, refine, precision, background_rule)
         rgb = self.read(image, segmenter.short_side)
         result = segmenter(rgb, deadline=deadline)
         factor = max(1, DISPLAY_SIDE // min(rgb.shape[:2]))
@@ -243,7 +261,7 @@ class SegmentationService:
         order = np.argsort(-counts, kind="stable")
         table = [[result.label_names[i], round(100 * counts[i] / counts.sum(), 2)] for i in order if counts[i] > 0]
         return PageResult(np.asarray(picture), groups, table, result.labels, result.label_names,
-                          segment_command(weights, segmenter, refine, precision))
+                          segment_command(weights, segmenter, precision))
 
 
 class App:
@@ -283,12 +301,18 @@ class App:
                     # A file box, not an image box: every upload reaches our reader, which names what is wrong.
                     image = gr.File(type="filepath", label="image", file_types=["image"], elem_id="image")
                     classes = gr.Textbox(value=default_classes(weights), label="classes", elem_id="classes")
+                    start = self.service.settings(weights).values  # the weights' own settings, else official
                     with gr.Row():
                         background = gr.Checkbox(value=True, label="background")
-                        threshold = gr.Slider(0.0, 1.0, value=0.95, step=0.01, label="background threshold")
-                    mode = gr.Radio(["whole", "slide"], value="whole" if weights == BUNDLED else "slide",
+                        threshold = gr.Slider(0.0, 1.0, value=start["bg_thresh"], step=0.01,
+                                              label="background threshold (rule threshold)")
+                    rule = gr.Radio(list(BACKGROUND_RULES), value=start["background_rule"], elem_id="rule",
+                                    label="background rule (threshold: official; best-group: the image's best class "
+                                          "on its best group; mutual: groups and classes that are each other's best "
+                                          "match)")
+                    mode = gr.Radio(["whole", "slide"], value=start["mode"],
                                     label="inference (whole image, or 448 px windows every 224 px)")
-                    refine = gr.Radio(list(REFINE_METHODS), value="none", label="refine the masks")
+                    refine = gr.Radio(list(REFINE_METHODS), value=start["refine"], label="refine the masks")
                     precision = gr.Radio(list(PRECISIONS), value="fp32",
                                          label="precision (bf16: faster where the CPU or GPU has native bfloat16)")
                     chosen = gr.Dropdown(weight_choices(offered, allow_any_weights), value=weights,
@@ -305,8 +329,11 @@ class App:
             if example_paths:
                 gr.Examples([[str(p)] for p in example_paths], inputs=[image], label="examples")
             button.click(self.handle, inputs=[image, classes, chosen, background, threshold, mode, refine,
-                                                 precision],
+                                                 precision, rule],
                          outputs=[shown, groups, table, download, command], api_name="segment")
+            # Other weights bring their own settings into the page (or the official ones).
+            chosen.change(self.settings_for, inputs=[chosen], outputs=[threshold, rule, mode, refine],
+                          api_name=False)
         self.blocks.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
 
     def _examples(self, folder: str | Path | None) -> list[Path]:
@@ -325,13 +352,26 @@ class App:
             paths.extend(list_images(folder))
         return paths
 
+    def settings_for(self, weights: str) -> tuple[Any, ...]:
+        """The weights menu's callback: the threshold, rule, mode and refinement those weights segment with (the
+        page's choices unchanged when the weights cannot be loaded: the Segment button then says why)."""
+        try:
+            values = self.service.settings(weights).values
+        except GroupViTError:
+            import gradio as gr
+
+            return tuple(gr.update() for _ in range(4))
+        return values["bg_thresh"], values["background_rule"], values["mode"], values["refine"]
+
     def handle(self, image: str | None, classes: str, weights: str, background: bool, bg_thresh: float, mode: str,
-               refine: str, precision: str = "fp32") -> tuple[str, str, list[list[Any]], str, str]:
+               refine: str, precision: str = "fp32",
+               background_rule: str = "threshold") -> tuple[str, str, list[list[Any]], str, str]:
         """The button's callback: page outputs, or the error shown in the page."""
         import gradio as gr
 
         try:
-            result = self.service.run(image, classes, weights, background, bg_thresh, mode, refine, precision)
+            result = self.service.run(image, classes, weights, background, bg_thresh, mode, refine, precision,
+                                      background_rule)
         except GroupViTError as err:
             # The visitor sees the message in the page; the console gets one line, not a traceback.
             print(f"groupvit app: refused a request: {err}", file=sys.stderr, flush=True)

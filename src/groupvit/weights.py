@@ -28,6 +28,7 @@ import torch
 from groupvit.config import GroupViTConfig, TextConfig, VisionConfig
 from groupvit.errors import ConfigError, WeightsError
 from groupvit.fileio import atomic_path
+from groupvit.inference import check_settings
 from groupvit.keymaps import HF, OFFICIAL, export_state_dict, import_state_dict
 from groupvit.model import GroupViT
 from groupvit.pretrained import WEIGHTS, resolve
@@ -283,7 +284,9 @@ def _load_torch_file(path: Path, config: GroupViTConfig | None) -> GroupViT:
     ckpt = read_torch_file(path)
     if isinstance(ckpt, dict) and "groupvit_format" in ckpt:
         model_config = config or GroupViTConfig.from_dict(ckpt["config"])
-        return _build(model_config, ckpt["model"], str(path))
+        model = _build(model_config, ckpt["model"], str(path))
+        model.inference = check_settings(ckpt.get("inference"), f"the inference settings of {path}", WeightsError)
+        return model
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), Mapping):
         state = _strip_module_prefix(ckpt["model"])
         if any(k.startswith("img_encoder.") for k in state):
@@ -389,8 +392,13 @@ def load_pretrained(
 
 
 def save_checkpoint(model: GroupViT, path: str | os.PathLike[str], **extra: Any) -> Path:
-    """Write our checkpoint format atomically: ``{"groupvit_format", "config", "model", **extra}``."""
+    """Write our checkpoint format atomically: ``{"groupvit_format", "config", "model", **extra}``.
+
+    ``model.inference`` (:mod:`groupvit.inference`), when not empty, is written as ``inference``.
+    """
     payload = {"groupvit_format": FORMAT_VERSION, "config": model.config.to_dict(), "model": model.state_dict()}
+    if model.inference:
+        payload["inference"] = dict(model.inference)
     payload.update(extra)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

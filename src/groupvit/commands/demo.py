@@ -16,7 +16,7 @@ import numpy as np
 
 from groupvit.commands.segment import add_precision_argument, add_refine_argument
 from groupvit.errors import InputError
-from groupvit.segment.segmenter import BACKGROUND_RULES, RULE_CLASSES
+from groupvit.inference import BACKGROUND_RULES, RULE_CLASSES
 
 if TYPE_CHECKING:
     from groupvit.model import GroupViT
@@ -42,14 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="scene seed (default: a fresh random one)")
     parser.add_argument("--weights", default=None, help="weights to use instead of the shipped model")
     parser.add_argument("--background", choices=("names", *BACKGROUND_RULES),
-                        default=DEFAULT_BACKGROUND,
+                        default=None,
                         help="how background pixels are found: 'names' prompts the background textures as extra "
                              "classes and maps them to background; 'threshold' is the official rule (a pixel whose "
                              "best class score is below --bg-thresh); 'best-group' gives the image's best shape to the "
                              "group that matches it best, the other groups are background; 'mutual' names every group "
                              "that and whose shape are each other's best match (among the image's "
                              f"{RULE_CLASSES['mutual']} best shapes), the other groups are background. "
-                             f"Default {DEFAULT_BACKGROUND}")
+                             f"Default: the weights' rule, else {DEFAULT_BACKGROUND}")
     parser.add_argument("--bg-thresh", type=float, default=None,
                         help="threshold of --background threshold (default: the official VOC value 0.95)")
     parser.add_argument("--shapes", choices=("standard", "extended"), default="standard",
@@ -65,8 +65,8 @@ def _enlarge(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def synthetic_segmenter(
-    model: GroupViT, background: str, bg_thresh: float, size: int, refine: str | None = None, precision: str = "fp32",
-    shapes: str = "standard",
+    model: GroupViT, background: str | None, bg_thresh: float | None, size: int, refine: str | None = "none",
+    precision: str = "fp32", shapes: str = "standard",
 ) -> tuple[Segmenter, np.ndarray]:
     """Segmenter of a synthetic vocabulary for one background rule, and its label -> scene label table.
 
@@ -75,9 +75,10 @@ def synthetic_segmenter(
     ``background="threshold"``: the shapes with the official background threshold; ``"best-group"``: the
     image's best shape on its best-matching group; ``"mutual"``: every group paired with a shape by mutual best
     match (among the image's ``RULE_CLASSES['mutual']`` best); ``"names"``: the shapes and the background textures as
-    classes, textures mapped to 0. Returns ``(Segmenter, uint8 [num_labels] table)``; whole-image mode at
-    short side ``size``, masks refined by ``refine`` (:mod:`groupvit.segment.refine`), the image tower at
-    ``precision`` (:mod:`groupvit.precision`).
+    classes, textures mapped to 0; ``None``: the weights' rule (:mod:`groupvit.inference`), else
+    :data:`DEFAULT_BACKGROUND`. Returns ``(Segmenter, uint8 [num_labels] table)``; whole-image mode at short
+    side ``size``, masks refined by ``refine`` (:mod:`groupvit.segment.refine`; ``None``: the weights'
+    setting, else :data:`DEFAULT_REFINE`), the image tower at ``precision`` (:mod:`groupvit.precision`).
     """
     from groupvit.data.synthetic import ALL_SHAPES, BACKGROUNDS, SHAPE_SETS
     from groupvit.segment import Segmenter
@@ -85,10 +86,10 @@ def synthetic_segmenter(
     by_name = background == "names"
     names = SHAPE_SETS[shapes]
     vocabulary = (*names, *BACKGROUNDS) if by_name else names
-    rule = background if background in BACKGROUND_RULES else "threshold"
     segmenter = Segmenter(model, vocabulary, background=not by_name, bg_thresh=bg_thresh, mode="whole",
-                          short_side=size, window=size, stride=size, refine=refine, background_rule=rule,
-                          precision=precision)
+                          short_side=size, window=size, stride=size, refine=refine,
+                          background_rule=None if by_name else background, precision=precision,
+                          defaults={"background_rule": DEFAULT_BACKGROUND, "refine": DEFAULT_REFINE})
     things = [1 + ALL_SHAPES.index(name) for name in names]
     table = things + [0] * len(BACKGROUNDS) if by_name else [0, *things]
     return segmenter, np.array(table, dtype=np.uint8)
@@ -97,7 +98,7 @@ def synthetic_segmenter(
 def run(args: argparse.Namespace) -> int:
     from groupvit.data.synthetic import BACKGROUNDS, EXTENDED_THING_CLASSES, SHAPE_SETS, SceneGenerator
     from groupvit.evaluate.miou import IoUAccumulator, group_oracle_labels
-    from groupvit.pretrained import BUNDLED, DEFAULT_BG_THRESH
+    from groupvit.pretrained import BUNDLED
     from groupvit.segment import group_maps_image, overlay, voc_palette
     from groupvit.segment.visualize import colorize_groups, contact_sheet, save_png
     from groupvit.weights import load_pretrained
@@ -109,20 +110,25 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--seed must be non-negative, got {seed}")
     model = load_pretrained(args.weights or BUNDLED)
     size = model.config.vision.image_size
-    bg_thresh = DEFAULT_BG_THRESH if args.bg_thresh is None else args.bg_thresh
-    segmenter, to_things = synthetic_segmenter(model, args.background, bg_thresh, size, args.refine,
+    segmenter, to_things = synthetic_segmenter(model, args.background, args.bg_thresh, size, args.refine,
                                              args.precision, args.shapes)
     shapes = SHAPE_SETS[args.shapes]
     classes = EXTENDED_THING_CLASSES[:1 + len(shapes)]
     out = Path(args.out)
     earlier = out.is_dir() and any(out.glob("*_overlay.png"))
     out.mkdir(parents=True, exist_ok=True)
-    rule = {"names": f"background textures named: {', '.join(BACKGROUNDS)}", "threshold": f"threshold {bg_thresh}",
-            "best-group": "the best shape on its best group",
-            "mutual": "groups and shapes that are each other's best match"}[args.background]
-    refined = "masks not refined" if args.refine == "none" else f"masks refined by {args.refine}"
+    if args.background == "names":
+        rule = f"background textures named: {', '.join(BACKGROUNDS)}"
+    else:
+        rule = {"threshold": f"threshold {segmenter.bg_thresh:g}", "best-group": "the best shape on its best group",
+                "mutual": "groups and shapes that are each other's best match"}[segmenter.background_rule]
+    refined = "masks not refined" if segmenter.refine is None else f"masks refined by {segmenter.refine}"
+    origins = segmenter.settings.origins
+    carried = [name for key, name in (("background_rule", "rule"), ("refine", "refinement"))
+               if origins[key] == "weights" and not (key == "background_rule" and args.background == "names")]
+    source = f"; {' and '.join(carried)} from the weights" if carried else ""
     print(f"scenes: seed {seed} (the same scenes again: groupvit demo --seed {seed}), {size}x{size}; vocabulary: "
-          f"{', '.join(shapes)} + background ({rule}; {refined})")
+          f"{', '.join(shapes)} + background ({rule}; {refined}{source})")
     if earlier:
         print(f"pictures of an earlier run in {out} are replaced (--out DIR keeps them)")
     palette = voc_palette(len(classes))

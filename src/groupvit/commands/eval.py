@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 
 from groupvit.commands.segment import (
     add_model_arguments,
-    background_settings,
     describe_settings,
     load_model,
+    recorded_settings,
+    typed_settings,
     warn_if_out_of_domain,
-    window_settings,
 )
 from groupvit.errors import InputError
 from groupvit.pretrained import DEFAULT_OFFICIAL
@@ -115,20 +115,19 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         if skipped:
             print(f"groupvit eval: skipping {len(skipped)} samples with missing files (first: {skipped[0][1]})",
                   file=sys.stderr)
-        warn_if_out_of_domain(args.weights, list(dataset.class_names), args.short_side)
+        typed = typed_settings(args)
         model = load_model(args.weights, args.device, env, args.backend)
-        bg_thresh = dataset.bg_thresh if args.bg_thresh is None else args.bg_thresh
-        segmenter = Segmenter(model, dataset.class_names, background=dataset.background, bg_thresh=bg_thresh,
-                              templates=args.templates or "simple", mode=args.mode, batch_size=args.batch_size,
-                              **window_settings(args), **background_settings(args))
+        segmenter = Segmenter(model, dataset.class_names, background=dataset.background, batch_size=args.batch_size,
+                              backend=args.backend, precision=args.precision,
+                              defaults={"bg_thresh": dataset.bg_thresh}, **typed)
+        warn_if_out_of_domain(args.weights, list(dataset.class_names), segmenter.short_side)
         if env.is_main:
             print(describe_settings("eval", segmenter), file=sys.stderr)
         settings = {
-            "mode": segmenter.mode, "bg_thresh": segmenter.bg_thresh, "background": segmenter.background,
+            **recorded_settings(segmenter), "background": segmenter.background,
             "background_rule": segmenter.background_rule, "best_group_classes": segmenter.best_group_classes,
-            "templates": args.templates or "simple", "short_side": segmenter.short_side,
-            "window": segmenter.window, "stride": segmenter.stride, "top_k": segmenter.top_k,
-            "refine": args.refine, "backend": args.backend, "precision": segmenter.precision,
+            "top_k": segmenter.top_k, "backend": args.backend, "precision": segmenter.precision,
+            "origins": segmenter.settings.origins,
         }
         report = evaluate_segmentation(segmenter, dataset, limit=args.limit, progress=progress,
                                        group_oracle=args.group_oracle)

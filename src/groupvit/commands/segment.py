@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -77,25 +78,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-image lines")
 
 
-def window_settings(args: argparse.Namespace) -> dict[str, int | str | None]:
-    """Resize, sliding-window, refinement, backend and precision options as :class:`~groupvit.Segmenter` keywords."""
-    return {"short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine,
-            "backend": args.backend, "precision": args.precision}
+def typed_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The inference settings typed on the command line (``None``: not typed; :mod:`groupvit.inference` fills
+    them from the weights, then the official protocol) as :class:`~groupvit.Segmenter` keywords.
 
-
-def background_settings(args: argparse.Namespace) -> dict[str, str | int]:
-    """``--background-rule`` and ``--best-group-classes`` as :class:`~groupvit.Segmenter` keywords (the class
-    count of the rule's default when not given)."""
-    from groupvit.segment.segmenter import RULE_CLASSES
-
-    classes = RULE_CLASSES[args.background_rule] if args.best_group_classes is None else args.best_group_classes
-    if classes < 1:
-        raise InputError(f"--best-group-classes must be positive, got {classes}")
-    return {"background_rule": args.background_rule, "best_group_classes": classes}
+    Raises:
+        InputError: a size or class count below 1, or a threshold that is not a finite number, naming the flag.
+    """
+    for flag, value in (("--short-side", args.short_side), ("--window", args.window), ("--stride", args.stride),
+                        ("--best-group-classes", args.best_group_classes)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be a positive integer, got {value}")
+    if args.bg_thresh is not None and not math.isfinite(args.bg_thresh):
+        raise InputError(f"--bg-thresh must be a finite number, got {args.bg_thresh}")
+    return {"short_side": args.short_side, "mode": args.mode, "window": args.window, "stride": args.stride,
+            "background_rule": args.background_rule, "best_group_classes": args.best_group_classes,
+            "bg_thresh": args.bg_thresh, "refine": args.refine, "templates": args.templates}
 
 
 def describe_settings(command: str, segmenter: Segmenter) -> str:
-    """One line naming what decides the masks: mode and sizes, background rule, refinement, precision."""
+    """One line naming what decides the masks (mode and sizes, background rule, refinement, precision) and where
+    the settings came from (typed, the weights, the official protocol)."""
     if segmenter.mode == "slide":
         size = f"slide, short side {segmenter.short_side}, window {segmenter.window} stride {segmenter.stride}"
     else:
@@ -107,36 +110,51 @@ def describe_settings(command: str, segmenter: Segmenter) -> str:
     else:
         rule = f"background rule {segmenter.background_rule} ({segmenter.best_group_classes} classes)"
     return (f"groupvit {command}: {size}; {rule}; refine {segmenter.refine or 'none'}; "
-            f"precision {segmenter.precision}")
+            f"precision {segmenter.precision} (settings {segmenter.settings.describe_origins()})")
+
+
+def recorded_settings(segmenter: Segmenter) -> dict[str, Any]:
+    """The resolved inference settings as ``segment-settings.json`` and ``eval --out`` record them (the background
+    rule aside: see the callers)."""
+    values = segmenter.settings.values
+    return {"mode": segmenter.mode, "short_side": segmenter.short_side, "window": segmenter.window,
+            "stride": segmenter.stride, "bg_thresh": segmenter.bg_thresh, "refine": segmenter.refine or "none",
+            "templates": values["templates"]}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared with ``groupvit eval``: weights, device, inference mode, background rule, templates, batch
     size."""
-    from groupvit.segment.segmenter import BACKGROUND_RULES, RULE_CLASSES
+    from groupvit.inference import BACKGROUND_RULES, RULE_CLASSES
 
     parser.add_argument(
         "--weights", help="a name (gcc-yfcc, gcc-redcaps: downloaded once and cached; synthetic-small: bundled; "
         "see `groupvit weights`), our .pt, an official NVlabs .pth, a Hugging Face directory or hub id "
         "(default: gcc-yfcc)",
     )
-    parser.add_argument("--mode", choices=("slide", "whole"), default="slide",
-                        help="448x448 windows every 224 px (official), or the whole image at once")
-    parser.add_argument("--short-side", type=int, default=448,
-                        help="resize the short side to this many pixels first (official 448; the bundled "
-                        "synthetic-small model: 64 with --mode whole)")
-    parser.add_argument("--window", type=int, default=448, help="sliding window side in pixels (default 448)")
-    parser.add_argument("--stride", type=int, default=224, help="sliding window stride in pixels (default 224)")
-    parser.add_argument("--background-rule", choices=BACKGROUND_RULES, default="threshold",
+    # Inference settings default to None: the weights' own (groupvit.inference), else the official protocol.
+    parser.add_argument("--mode", choices=("slide", "whole"), default=None,
+                        help="448x448 windows every 224 px (official), or the whole image at once (default: the "
+                             "weights' setting, else slide)")
+    parser.add_argument("--short-side", type=int, default=None,
+                        help="resize the short side to this many pixels first (default: the weights' setting, else "
+                             "the official 448)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="sliding window side in pixels (default: the weights' setting, else 448)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="sliding window stride in pixels (default: the weights' setting, else 224)")
+    parser.add_argument("--background-rule", choices=BACKGROUND_RULES, default=None,
                         help="how groups become background: threshold (official: a group whose best score is below "
                              "--bg-thresh), best-group (the image's best class goes to the group that matches it "
                              "best, the other groups are background) or mutual (a group takes a class when each is "
-                             "the other's best match; the rule of groupvit demo). Default threshold")
+                             "the other's best match). Default: the weights' rule, else threshold")
     parser.add_argument("--best-group-classes", type=int, default=None,
                         help="best-group: classes given out per image; mutual: the image's best classes a group may "
-                             f"take (defaults {RULE_CLASSES['best-group']} and {RULE_CLASSES['mutual']})")
+                             f"take (defaults: the weights', else {RULE_CLASSES['best-group']} and "
+                             f"{RULE_CLASSES['mutual']})")
     parser.add_argument("--templates", choices=sorted(TEMPLATES), default=None,
-                        help="prompt templates (default: simple for segmentation, subset for classification)")
+                        help="prompt templates (default: the weights' setting, else simple for segmentation; subset "
+                             "for classification)")
     parser.add_argument("--batch-size", type=int, default=4,
                         help="crops (segmentation) or images (classification) per forward pass (default 4)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -158,12 +176,13 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_refine_argument(parser: argparse.ArgumentParser, default: str = "none") -> None:
-    """``--refine none|superpixel|pamr``, ``default`` when absent (``groupvit demo`` passes its own)."""
-    from groupvit.segment.refine import REFINE_METHODS
+    """``--refine none|superpixel|pamr`` (shared with ``groupvit demo``); absent, the weights' setting, else
+    ``default`` (named in the help only: the value stays None for :mod:`groupvit.inference`)."""
+    from groupvit.inference import REFINE_METHODS
 
-    parser.add_argument("--refine", choices=REFINE_METHODS, default=default,
+    parser.add_argument("--refine", choices=REFINE_METHODS, default=None,
                         help="snap the masks to colour edges: pamr (local colour affinities), superpixel (SLIC, "
-                             f"needs scikit-image) or none (official). Default {default}")
+                             f"needs scikit-image) or none (official). Default: the weights' setting, else {default}")
 
 
 def load_model(
@@ -329,13 +348,13 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         raise InputError("give either --classes or --dataset, not both")
     if args.dataset is not None:
         names = list(PRESET_VOCABULARIES[args.dataset][1:])
-        bg_thresh = BG_THRESH[args.dataset] if args.bg_thresh is None else args.bg_thresh
+        defaults = {"bg_thresh": BG_THRESH[args.dataset]}
     else:
         names = list(normalize_class_names(_read_classes(args.classes)))
-        bg_thresh = 0.95 if args.bg_thresh is None else args.bg_thresh
+        defaults = {}
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
-    rule = background_settings(args)
+    typed = typed_settings(args)
     inputs = collect_inputs(args.images)
     out = Path(args.out)
     try:
@@ -343,14 +362,14 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
     except OSError as err:
         raise InputError(f"cannot create output folder {out}: {err.strerror or err}") from None
 
-    settings = {
-        "weights": args.weights or DEFAULT_OFFICIAL, "classes": names, "background": not args.no_background,
-        "bg_thresh": bg_thresh, "templates": args.templates or "simple", "mode": args.mode,
-        "short_side": args.short_side, "window": args.window, "stride": args.stride, "refine": args.refine,
-        "groups": not args.no_groups, "backend": args.backend, "precision": args.precision,
-    }
-    if rule["background_rule"] != "threshold":  # folders written before the rules existed stay resumable
-        settings.update(rule)
+    model = load_model(args.weights, args.device, env, args.backend)
+    segmenter = Segmenter(model, names, background=not args.no_background, batch_size=args.batch_size,
+                          backend=args.backend, precision=args.precision, defaults=defaults, **typed)
+    settings = {"weights": args.weights or DEFAULT_OFFICIAL, "classes": names, "background": not args.no_background,
+                **recorded_settings(segmenter), "groups": not args.no_groups, "backend": args.backend,
+                "precision": args.precision}
+    if segmenter.background_rule != "threshold":  # folders written before the rules existed stay resumable
+        settings.update(background_rule=segmenter.background_rule, best_group_classes=segmenter.best_group_classes)
     refusal = None
     if env.is_main:
         try:
@@ -365,13 +384,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
     refusal = broadcast_object(refusal)  # every rank leaves with rank 0's refusal: none waits in a collective for it
     if refusal is not None:
         raise InputError(refusal)
-
-    warn_if_out_of_domain(args.weights, names, args.short_side)
-    model = load_model(args.weights, args.device, env, args.backend)
-    segmenter = Segmenter(
-        model, names, background=not args.no_background, bg_thresh=bg_thresh, templates=args.templates or "simple",
-        mode=args.mode, batch_size=args.batch_size, **window_settings(args), **rule,
-    )
+    warn_if_out_of_domain(args.weights, names, segmenter.short_side)
     if env.is_main and not args.quiet:
         print(describe_settings("segment", segmenter), file=sys.stderr)
     groups = not args.no_groups

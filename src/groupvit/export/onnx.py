@@ -177,6 +177,8 @@ def export_onnx(
                   "outputs": ["image_embeds", "group_embeds", *soft_names]},
         "text": {"inputs": {"tokens": f"int64 [B, {cfg.text.context_length}]"}, "outputs": ["text_embeds"]},
     }
+    if getattr(model, "inference", None):
+        meta["inference"] = dict(model.inference)
     with atomic_path(out / META_FILE) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return out / META_FILE

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from groupvit.config import GroupViTConfig
 from groupvit.errors import ExportError, InputError
 from groupvit.export.onnx import FORMAT_VERSION, META_FILE, int8_name
+from groupvit.inference import check_settings
 from groupvit.model.grouping import Assignment
 from groupvit.model.groupvit import ImageEncoding
 
@@ -69,6 +70,7 @@ class OnnxGroupViT:
         self.directory, self.int8 = folder, bool(int8)
         self.config = GroupViTConfig.from_dict(meta["config"])
         self.logit_scale = float(meta["logit_scale"])
+        self.inference = check_settings(meta.get("inference"), f"the inference settings of {meta_path}", ExportError)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,9 @@ class GroupViT(nn.Module):
         self.multi_label_logit_scale = (
             nn.Parameter(torch.tensor(init)) if config.has_multi_label_scale else None
         )
+        # The settings this model segments best with (groupvit.inference), written into its checkpoints;
+        # empty for official and Hugging Face weights, which keep the official protocol.
+        self.inference: dict[str, Any] = {}
 
     def scale(self, multi_label: bool = False) -> torch.Tensor:
         """Clamped temperature ``min(exp(logit_scale), 100)``; the multi-label one when asked and owned."""

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from groupvit.errors import InputError
-
-REFINE_METHODS = ("none", "superpixel", "pamr")
+from groupvit.inference import REFINE_METHODS
 
 # PAMR as published: 10 iterations over rings at these dilations, colour distances in units of 0.1 local
 # standard deviations (a ring pixel one spread away from the centre gets e^-10 of the weight of a twin).

@@ -11,9 +11,8 @@ to the original image and arg-maxed.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from torch import nn
 from groupvit.data.images import ImageSource, bilinear_taps, denormalize, prepare_segmentation_input, read_image
 from groupvit.errors import InputError, TimeLimitError
 from groupvit.export.runtime import with_backend
+from groupvit.inference import model_settings, resolve_settings
 from groupvit.model.grouping import chain_assignments
 from groupvit.model.groupvit import ImageEncoding
 from groupvit.precision import autocast, check_precision, resolve_precision
@@ -164,11 +164,6 @@ def group_class_scores(
     return restricted * probs
 
 
-BACKGROUND_RULES = ("threshold", "best-group", "mutual")
-# best_group_classes when not given: 'mutual' may pair the image's two best classes (the synthetic scenes' choice).
-RULE_CLASSES = {"threshold": 1, "best-group": 1, "mutual": 2}
-
-
 def check_deadline(deadline: float | None) -> None:
     """Raise :class:`~groupvit.errors.TimeLimitError` when ``deadline`` (``time.monotonic()`` seconds) has passed."""
     if deadline is not None and time.monotonic() > deadline:
@@ -290,23 +285,28 @@ class Segmenter:
         result = seg("street.jpg")       # SegmentationResult; result.labels: [H, W], 0 = background
         results = seg([img1, img2])      # windows of all images share batched forwards
 
+    Every setting left ``None`` (short side, mode, window, stride, background rule and its classes, threshold,
+    refinement, templates) comes from the model's ``inference`` settings (weights of this package may carry
+    them: :mod:`groupvit.inference`), else from ``defaults``, else from the official protocol; ``settings``
+    tells which came from where.
+
     Args:
         model: a GroupViT (``encode_image_groups``, ``encode_text``, ``scale``); used in eval mode
             (its mode is restored after each call).
         class_names: the vocabulary (list, or comma-separated string); ``'background'`` is never
             prompted: with ``background=True`` it is label 0, decided by the threshold.
         background: add the thresholded background label 0 (official for VOC, Context, COCO-Object).
-        bg_thresh: background threshold (VOC and COCO-Object 0.95, Context 0.35).
+        bg_thresh: background threshold (official: VOC and COCO-Object 0.95, Context 0.35).
         templates: prompt templates, ``'simple'`` (official for segmentation), ``'subset'``,
             ``'full'`` or a list.
-        mode: ``'slide'`` (windows of ``window`` every ``stride`` pixels) or ``'whole'`` (one pass).
-        short_side: the image is resized (keep ratio, bilinear) so its short side is this ...
+        mode: ``'slide'`` (official: windows of ``window`` every ``stride`` pixels) or ``'whole'`` (one pass).
+        short_side: the image is resized (keep ratio, bilinear) so its short side is this (official 448) ...
         max_long_side: ... unless the long side would exceed this (mmseg scale ``(2048, 448)``).
-        window: crop side in pixels (slide mode).
-        stride: crop step in pixels (slide mode), at most ``window``.
+        window: crop side in pixels (slide mode; official 448).
+        stride: crop step in pixels (slide mode; official 224), at most ``window``.
         top_k: classes kept from the image-level prediction (official 5).
         batch_size: crops per forward, and images prepared together by :meth:`iter_segment`.
-        refine: ``None`` (official), ``'pamr'`` or ``'superpixel'``: the merged scores are snapped to the
+        refine: ``'none'`` (official), ``'pamr'`` or ``'superpixel'``: the merged scores are snapped to the
             colour edges of the pre-processed image before the arg-max (:mod:`groupvit.segment.refine`).
         backend: ``'torch'``, ``'onnxruntime'`` or ``'onnxruntime-int8'`` (:func:`groupvit.export.with_backend`:
             ``model`` may then also be an export folder or an :class:`~groupvit.export.OnnxGroupViT`).
@@ -322,6 +322,8 @@ class Segmenter:
             warning where the device has no native bfloat16) or ``'auto'`` (bf16 where native, else fp32):
             :mod:`groupvit.precision`. Class embeddings, scores and soft maps stay float32. The ONNX backends
             run in float32.
+        defaults: the caller's own defaults for the settings above (e.g. a benchmark's ``bg_thresh``), used where
+            neither a keyword nor the model's settings give a value.
     """
 
     def __init__(
@@ -329,20 +331,21 @@ class Segmenter:
         model: nn.Module,
         class_names: str | Sequence[str],
         background: bool = True,
-        bg_thresh: float = 0.95,
-        templates: str | Sequence[str] = "simple",
-        mode: str = "slide",
-        short_side: int = 448,
-        window: int = 448,
-        stride: int = 224,
+        bg_thresh: float | None = None,
+        templates: str | Sequence[str] | None = None,
+        mode: str | None = None,
+        short_side: int | None = None,
+        window: int | None = None,
+        stride: int | None = None,
         top_k: int = 5,
         max_long_side: int = 2048,
         batch_size: int = 4,
         refine: str | None = None,
         backend: str = "torch",
-        background_rule: str = "threshold",
+        background_rule: str | None = None,
         best_group_classes: int | None = None,
         precision: str = "fp32",
+        defaults: Mapping[str, object] | None = None,
     ) -> None:
         self.class_names = normalize_class_names(class_names)
         if background and any(name.lower() == BACKGROUND for name in self.class_names):
@@ -350,31 +353,27 @@ class Segmenter:
                 "'background' is label 0 and decided by the threshold, not prompted; drop it from the class "
                 "list or pass background=False"
             )
-        if mode not in {"slide", "whole"}:
-            raise InputError(f"mode must be 'slide' or 'whole', got {mode!r}")
-        if not math.isfinite(bg_thresh):
-            raise InputError(f"bg_thresh must be a finite number, got {bg_thresh}")
-        if background_rule not in BACKGROUND_RULES:
-            raise InputError(f"background_rule must be one of {', '.join(BACKGROUND_RULES)}, got {background_rule!r}")
-        if best_group_classes is None:
-            best_group_classes = RULE_CLASSES[background_rule]
-        for name, value in (("short_side", short_side), ("max_long_side", max_long_side), ("top_k", top_k),
-                            ("batch_size", batch_size), ("best_group_classes", best_group_classes)):
+        for name, value in (("max_long_side", max_long_side), ("top_k", top_k), ("batch_size", batch_size)):
             if int(value) < 1:
                 raise InputError(f"{name} must be a positive integer, got {value}")
-        window_grid(window, window, window, stride)  # validates window and stride
         if backend != "torch" and check_precision(precision) == "bf16":
             raise InputError(f"precision 'bf16' runs on the torch backend only, not {backend!r}; use precision "
                              "'fp32' (or 'auto') with it")
-        self.refine = check_refine(refine)
+        typed = {"short_side": short_side, "mode": mode, "window": window, "stride": stride,
+                 "background_rule": background_rule, "best_group_classes": best_group_classes,
+                 "bg_thresh": bg_thresh, "refine": refine, "templates": templates}
         self.model = model = with_backend(model, backend)
+        self.settings = resolve_settings(model_settings(model), typed, defaults)
+        values = self.settings.values
+        window_grid(values["window"], values["window"], values["window"], values["stride"])  # validates both
+        self.refine = check_refine(values["refine"])
         self.background = bool(background)
-        self.bg_thresh = float(bg_thresh)
-        self.background_rule, self.best_group_classes = background_rule, int(best_group_classes)
-        self.templates = get_templates(templates)
-        self.mode = mode
-        self.short_side, self.max_long_side = int(short_side), int(max_long_side)
-        self.window, self.stride = int(window), int(stride)
+        self.bg_thresh = float(values["bg_thresh"])
+        self.background_rule, self.best_group_classes = values["background_rule"], int(values["best_group_classes"])
+        self.templates = get_templates(values["templates"])
+        self.mode = values["mode"]
+        self.short_side, self.max_long_side = int(values["short_side"]), int(max_long_side)
+        self.window, self.stride = int(values["window"]), int(values["stride"])
         self.top_k, self.batch_size = int(top_k), int(batch_size)
         vision = getattr(getattr(model, "config", None), "vision", None)
         self._min_side = int(getattr(vision, "patch_size", 1))

@@ -1,6 +1,6 @@
 """Training configuration: YAML files with ``_base_`` inheritance and dotted ``key=value`` overrides.
 
-A file has four sections::
+A file has four sections and an optional fifth::
 
     _base_: gcc-yfcc.yaml          # optional; a path relative to this file, or a list of them
     model:                         # a preset name plus any GroupViTConfig field, nested
@@ -9,6 +9,7 @@ A file has four sections::
     data: {...}                    # DataConfig fields of groupvit.data.loader (sources, batch_size, ...)
     train: {...}                   # TrainSection
     evaluate: {...}                # EvaluateSection
+    inference: {...}               # optional: the settings the trained model segments with (groupvit.inference)
 
 Bases are merged first (dicts recursively, anything else replaced), then the file, then the
 command-line overrides such as ``train.base_lr=8e-4`` or ``model.vision.gumbel=false``; each value
@@ -33,6 +34,7 @@ import yaml
 from groupvit.config import GroupViTConfig, get_config
 from groupvit.errors import ConfigError
 from groupvit.fileio import atomic_path
+from groupvit.inference import check_settings
 from groupvit.model import GroupViT
 from groupvit.train.finetune import init_config, load_init, trainable_patterns
 from groupvit.train.group_objectives import check_group_objectives
@@ -162,6 +164,8 @@ class TrainConfig:
     data: dict[str, Any] = field(default_factory=dict)
     train: TrainSection = field(default_factory=TrainSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    # Written into every checkpoint of the run (groupvit.inference); empty: those of model.init, if any.
+    inference: dict[str, Any] = field(default_factory=dict)
     _init: Any = field(default=None, init=False, repr=False, compare=False)  # the loaded model.init weights
     # (model section, architecture) last checked against the model.init weights (the check builds a model)
     _init_config: Any = field(default=None, init=False, repr=False, compare=False)
@@ -222,15 +226,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), suitable for YAML."""
-        return _plain({"model": self.model, "data": self.data, "train": dataclasses.asdict(self.train),
-                       "evaluate": dataclasses.asdict(self.evaluate)})
+        sections = {"model": self.model, "data": self.data, "train": dataclasses.asdict(self.train),
+                    "evaluate": dataclasses.asdict(self.evaluate)}
+        if self.inference:
+            sections["inference"] = self.inference
+        return _plain(sections)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build and validate; unknown sections or keys are refused with their names."""
-        unknown = sorted(set(data) - {"model", "data", "train", "evaluate"})
+        unknown = sorted(set(data) - {"model", "data", "train", "evaluate", "inference"})
         if unknown:
-            raise ConfigError(f"unknown config sections {unknown}; known: model, data, train, evaluate")
+            raise ConfigError(f"unknown config sections {unknown}; known: model, data, train, evaluate, inference")
         for name in ("model", "data", "train", "evaluate"):
             if data.get(name) is not None and not isinstance(data[name], Mapping):
                 raise ConfigError(f"config section {name!r} must be a mapping, got {type(data[name]).__name__}")
@@ -239,6 +246,7 @@ class TrainConfig:
             data=copy.deepcopy(dict(data.get("data") or {})),
             train=dataclass_from_dict(TrainSection, data.get("train") or {}, "train"),
             evaluate=dataclass_from_dict(EvaluateSection, data.get("evaluate") or {}, "evaluate"),
+            inference=check_settings(data.get("inference"), "config section 'inference'", ConfigError),
         )
         config.model_config()  # validate the architecture now, not at the first step
         return config

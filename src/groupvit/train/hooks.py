@@ -24,9 +24,13 @@ EvalHook = Callable[[GroupViT, int], dict[str, float]]
 def segmentation(
     root: str, prefix: str = "seg", limit: int | None = None,
     short_side: int = 448, window: int = 448, stride: int = 224, mode: str = "slide",
-    bg_thresh: float | None = None, templates: str = "simple",
+    bg_thresh: float | None = None, templates: str = "simple", background_rule: str = "threshold",
+    refine: str = "none",
 ) -> EvalHook:
     """Zero-shot mIoU on a VOC-layout scene set with ``classes.json`` (e.g. ``groupvit synth eval``).
+
+    Every setting is the one given here (official by default), never the model's ``inference`` section, so
+    that the numbers of runs with and without one compare.
 
     Returns ``{f"{prefix}_miou": mIoU in %, f"{prefix}_acc": pixel accuracy in %, f"{prefix}_oracle": group-oracle
     mIoU in % (each final group given its most frequent true label: grouping quality apart from naming)}``.
@@ -39,6 +43,7 @@ def segmentation(
         segmenter = Segmenter(
             model, data.class_names, background=data.background,
             bg_thresh=thresh, templates=templates, mode=mode, short_side=short_side, window=window, stride=stride,
+            background_rule=background_rule, refine=refine,
         )
         with torch.inference_mode():
             report = evaluate_segmentation(segmenter, data, limit=limit, progress=False, group_oracle=True)
@@ -68,7 +73,7 @@ def naming(root: str, prefix: str = "name", limit: int | None = None, short_side
 
     def hook(model: GroupViT, step: int) -> dict[str, float]:
         segmenter = Segmenter(model, data.class_names, background=False, templates=templates, mode="whole",
-                              short_side=short_side)
+                              short_side=short_side, refine="none")
         with torch.inference_mode(), eval_mode(model):
             batch = torch.stack([segmenter.prepare(image)[0] for image in images])
             embeds = model.encode_image(batch.to(segmenter.device, segmenter.dtype))

@@ -258,6 +258,8 @@ class Trainer:
         init = self.config.init_weights()
         if ckpt is None and init is not None:  # fine-tuning: the weights of model.init (a checkpoint's replace them)
             model.load_state_dict(init.state_dict())
+        # The inference settings every checkpoint carries: the config's, else those of the weights fine-tuned.
+        model.inference = dict(self.config.inference) or (dict(init.inference) if init is not None else {})
         if ckpt is not None:
             try:
                 model.load_state_dict(ckpt["model"])
