@@ -139,7 +139,7 @@ def test_a_full_disk_mid_shard_keeps_reading_and_leaves_no_entry(tmp_path, monke
     path = str(tmp_path / "s-000000.tar")
     source = ShardSource(path)
     source.decoded = DecodedShards(tmp_path / "cache")
-    with pytest.warns(UserWarning, match="No space left"):
+    with pytest.warns(UserWarning, match="no space left on the device"):
         events = outcomes(source)
     assert events == outcomes(ShardSource(path))
     assert not any((tmp_path / "cache").iterdir())

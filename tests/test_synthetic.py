@@ -40,7 +40,7 @@ from groupvit.data.synthetic_captions import (
     plural,
     region_of,
 )
-from groupvit.errors import ConfigError, InputError
+from groupvit.errors import ConfigError, InputError, StorageError
 from groupvit.segment.visualize import voc_palette
 
 
@@ -514,11 +514,13 @@ def test_command_rejects_bad_arguments(tmp_path):
         ["eval", str(tmp_path / "e"), "--num", "0"],
         ["train", str(tmp_path / "t"), "--num", "5", "--shard-size", "0"],
         ["train", str(tmp_path / "t"), "--num", "5", "--size", "16"],
-        ["train", str(blocker / "out"), "--num", "5", "--quiet"],
-        ["eval", str(blocker / "out"), "--num", "5", "--quiet"],
     ]
     for argv in bad:
         with pytest.raises(InputError):
+            synth_command.run(parse(argv))
+    for argv in (["train", str(blocker / "out"), "--num", "5", "--quiet"],
+                 ["eval", str(blocker / "out"), "--num", "5", "--quiet"]):
+        with pytest.raises(StorageError, match="a file stands where a folder should be"):
             synth_command.run(parse(argv))
     assert not (tmp_path / "t").exists() and not (tmp_path / "e").exists()
 

@@ -25,6 +25,7 @@ from PIL import Image
 
 from groupvit.data.images import ImageSource, read_image
 from groupvit.errors import GroupViTError, InputError
+from groupvit.fileio import storage_error
 from groupvit.inference import BACKGROUND_RULES, REFINE_METHODS, ResolvedSettings, model_settings, resolve_settings
 from groupvit.precision import PRECISIONS
 from groupvit.pretrained import BUNDLED, WEIGHTS, local_path
@@ -352,6 +353,14 @@ class App:
             paths.extend(list_images(folder))
         return paths
 
+    @staticmethod
+    def _refuse(err: BaseException) -> Exception:
+        """The page's answer to a refused request: the visitor sees the message, the console gets one line."""
+        import gradio as gr
+
+        print(f"groupvit app: refused a request: {err}", file=sys.stderr, flush=True)
+        return gr.Error(str(err), print_exception=False)
+
     def settings_for(self, weights: str) -> tuple[Any, ...]:
         """The weights menu's callback: the threshold, rule, mode and refinement those weights segment with (the
         page's choices unchanged when the weights cannot be loaded: the Segment button then says why)."""
@@ -367,24 +376,27 @@ class App:
                refine: str, precision: str = "fp32",
                background_rule: str = "threshold") -> tuple[str, str, list[list[Any]], str, str]:
         """The button's callback: page outputs, or the error shown in the page."""
-        import gradio as gr
 
         try:
             result = self.service.run(image, classes, weights, background, bg_thresh, mode, refine, precision,
                                       background_rule)
         except GroupViTError as err:
-            # The visitor sees the message in the page; the console gets one line, not a traceback.
-            print(f"groupvit app: refused a request: {err}", file=sys.stderr, flush=True)
-            raise gr.Error(str(err), print_exception=False) from None
+            raise self._refuse(err) from None
         # Every output goes out as a file of its own: Gradio copies files into its cache atomically, whereas it
         # writes pictures given as arrays in place, under a name taken from their content, so two identical
         # answers in flight would truncate each other's download.
-        folder = Path(tempfile.mkdtemp(dir=self.files))
-        files = [folder / name for name in ("overlay.png", "groups.png", "labels.png")]
-        for path, picture in zip(files, (Image.fromarray(result.overlay), Image.fromarray(result.groups),
-                                         label_image(result.labels)), strict=True):
-            save_png(picture, path)
+        try:
+            folder = Path(tempfile.mkdtemp(dir=self.files))
+        except OSError as err:
+            raise self._refuse(storage_error(err, self.files / "result") or err) from None
         self._results.append(folder)
+        files = [folder / name for name in ("overlay.png", "groups.png", "labels.png")]
+        try:
+            for path, picture in zip(files, (Image.fromarray(result.overlay), Image.fromarray(result.groups),
+                                             label_image(result.labels)), strict=True):
+                save_png(picture, path)
+        except GroupViTError as err:  # a full disk: the visitor and the console get one line, the server goes on
+            raise self._refuse(err) from None
         while len(self._results) > KEPT_RESULTS:
             shutil.rmtree(self._results.popleft(), ignore_errors=True)
         overlay, groups, labels = map(str, files)

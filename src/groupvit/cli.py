@@ -1,8 +1,9 @@
 """The ``groupvit`` command line: one sub-command per module in :mod:`groupvit.commands`.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Errors of type :class:`~groupvit.errors.GroupViTError` print one line on stderr and exit with status 2;
-warnings print one line each.
+Errors of type :class:`~groupvit.errors.GroupViTError` print one line on stderr and exit with status 2, storage
+faults (:class:`~groupvit.errors.StorageError`, and any full disk or unwritable folder a writer meets) with
+status 3; warnings print one line each.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from groupvit.errors import GroupViTError
+from groupvit.errors import GroupViTError, StorageError
+from groupvit.fileio import storage_error
 
 EXIT_STATUS = ("exit status: 0 success; 1 some inputs failed (each named on stderr, the count at the end, the "
-               "others written); 2 bad arguments or unreadable weights (one line on stderr naming the problem)")
+               "others written); 2 bad arguments or unreadable weights (one line on stderr naming the problem); 3 a "
+               "storage fault: disk full, quota exceeded, an unwritable or vanished folder (one line; the last good "
+               "outputs are kept: run again once it is fixed)")
 
 # Command name -> module implementing it (imported only when that command runs).
 COMMANDS: dict[str, str] = {
@@ -80,9 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command in THREADED_COMMANDS:
                 _apply_threads(args)
             return int(args._run(args) or 0)
+    except StorageError as err:
+        print(f"groupvit {args.command}: error: {err}", file=sys.stderr)
+        return 3
     except GroupViTError as err:
         print(f"groupvit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as err:  # a writer that met a storage fault outside atomic_path
+        fault = storage_error(err)
+        if fault is None:
+            raise
+        print(f"groupvit {args.command}: error: {fault}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"groupvit {args.command}: interrupted", file=sys.stderr)
         return 130

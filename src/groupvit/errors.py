@@ -27,3 +27,8 @@ class ExportError(GroupViTError):
 
 class TimeLimitError(GroupViTError, TimeoutError):
     """A request ran past its time limit and was stopped (the message names the limit)."""
+
+
+class StorageError(GroupViTError, OSError):
+    """A write failed for lack of space or permission, or its folder vanished; the message names the folder, the
+    space where known, and what was kept (:mod:`groupvit.fileio`)."""

@@ -400,8 +400,10 @@ def save_checkpoint(model: GroupViT, path: str | os.PathLike[str], **extra: Any)
     if model.inference:
         payload["inference"] = dict(model.inference)
     payload.update(extra)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a Python file object: a full disk surfaces as its OSError (atomic_path names it), not as torch's
+    # "unexpected pos" of a write its C++ writer could not finish.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
     return Path(path)
 
 

@@ -30,7 +30,8 @@ from groupvit.commands.segment import (
     typed_settings,
     warn_if_out_of_domain,
 )
-from groupvit.errors import InputError
+from groupvit.errors import InputError, StorageError
+from groupvit.fileio import check_writable
 from groupvit.pretrained import DEFAULT_OFFICIAL
 
 if TYPE_CHECKING:
@@ -86,6 +87,8 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         raise InputError(f"--limit must be positive, got {args.limit}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.out:  # a folder the results cannot be written to is found before the evaluation, not after it
+        check_writable(Path(args.out).resolve().parent)
     root = Path(args.root)
     if not root.is_dir():
         raise InputError(f"dataset root {root} is not a directory")
@@ -144,6 +147,8 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         try:
             with atomic_path(args.out) as tmp:
                 tmp.write_text(json.dumps(payload, indent=1))
+        except StorageError:
+            raise
         except OSError as err:
             raise InputError(f"cannot write {args.out}: {err.strerror or err}") from None
         print(f"wrote {args.out}")

@@ -23,7 +23,9 @@ every run), rank 0 shows one bar counting all of them, and the exit status is th
 
 Exit status: 0 when every image was segmented; 1 when some image could not be read or processed
 (each is reported on stderr and skipped, the others are written); 2 on bad arguments (missing path,
-empty class list, missing or unreadable weights), with one line on stderr.
+empty class list, missing or unreadable weights), with one line on stderr; 3 on a storage fault (disk full,
+quota, an output folder that cannot be written: checked before the model is loaded), with one line; the
+outputs written before it are whole, and ``--skip-existing`` once it is fixed finishes the job.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,8 +42,9 @@ import numpy as np
 import torch
 
 from groupvit.data.benchmarks import BG_THRESH, COCO_OBJECT_CLASSES, CONTEXT_CLASSES, VOC_CLASSES
-from groupvit.errors import InputError
+from groupvit.errors import InputError, StorageError
 from groupvit.export.runtime import BACKENDS, OnnxGroupViT, is_export_dir, with_backend
+from groupvit.fileio import append_line, check_writable
 from groupvit.text.templates import TEMPLATES
 
 if TYPE_CHECKING:
@@ -308,26 +310,22 @@ def record_settings(out: Path, settings: dict, keep_existing: bool) -> None:
 class Manifest:
     """``out/manifest.jsonl``: one JSON line per input and run (``written``, ``skipped`` or ``failed``).
 
-    Every rank appends whole lines with one write to a file opened in append mode, so lines of several
+    Every rank appends whole lines with one write (:func:`~groupvit.fileio.append_line`), so lines of several
     ranks never interleave. With ``path=None`` nothing is recorded.
     """
 
     def __init__(self, path: Path | None) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666) if path is not None else None
+        self.path = path
 
     def add(self, name: str, status: str, outputs: list[Path] | None = None, error: str | None = None) -> None:
-        if self.fd is None:
+        if self.path is None:
             return
         entry = {"input": name, "status": status}
         if outputs is not None:
             entry["outputs"] = [p.name for p in outputs]
         if error is not None:
             entry["error"] = error
-        os.write(self.fd, (json.dumps(entry) + "\n").encode())
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
+        append_line(self.path, json.dumps(entry))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -356,11 +354,7 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
     typed = typed_settings(args)
     inputs = collect_inputs(args.images)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create output folder {out}: {err.strerror or err}") from None
+    out = check_writable(args.out)  # a folder that cannot be written is refused before the model is loaded
 
     model = load_model(args.weights, args.device, env, args.backend)
     segmenter = Segmenter(model, names, background=not args.no_background, batch_size=args.batch_size,
@@ -370,20 +364,22 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
                 "precision": args.precision}
     if segmenter.background_rule != "threshold":  # folders written before the rules existed stay resumable
         settings.update(background_rule=segmenter.background_rule, best_group_classes=segmenter.best_group_classes)
-    refusal = None
+    refusal: tuple[type[Exception], str] | None = None
     if env.is_main:
         try:
             record_settings(out, settings, keep_existing=args.skip_existing)
             remove_stale_temporaries(out)
+        except StorageError as err:
+            refusal = (StorageError, str(err))
         except OSError as err:
-            refusal = f"cannot write to {out}: {err.strerror or err}"
+            refusal = (InputError, f"cannot write to {out}: {err.strerror or err}")
         except InputError as err:
-            refusal = str(err)
+            refusal = (InputError, str(err))
     from groupvit.train.distributed import broadcast_object
 
     refusal = broadcast_object(refusal)  # every rank leaves with rank 0's refusal: none waits in a collective for it
     if refusal is not None:
-        raise InputError(refusal)
+        raise refusal[0](refusal[1])
     warn_if_out_of_domain(args.weights, names, segmenter.short_side)
     if env.is_main and not args.quiet:
         print(describe_settings("segment", segmenter), file=sys.stderr)
@@ -425,6 +421,8 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
             for (item, paths, image), result in done:
                 try:
                     written = _write_outputs(result, image, paths)
+                except StorageError:
+                    raise  # one line naming the folder and the space; --skip-existing later finishes the job
                 except OSError as err:
                     raise InputError(f"cannot write to {out}: {err.strerror or err}") from None
                 counts[0] += 1
@@ -434,7 +432,6 @@ def _run(args: argparse.Namespace, env: DistEnv) -> int:
             bar.advance(len(part))
     finally:
         bar.close()
-        manifest.close()
         reader.close()
     seconds = time.perf_counter() - start
     written, skipped, failures = (int(c) for c in sum_counts(counts))

@@ -22,7 +22,7 @@ from PIL import Image
 
 from groupvit.data.sources import read_caption_table
 from groupvit.errors import InputError
-from groupvit.fileio import atomic_path
+from groupvit.fileio import atomic_path, check_writable
 
 HELP = "pack a folder of images and a CSV/JSONL caption table into webdataset tar shards"
 KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     existing = sorted(out.glob(f"{args.prefix}-*.tar")) if out.is_dir() else []
     if existing and not args.overwrite:
         raise InputError(f"{out} already holds {len(existing)} '{args.prefix}-*.tar' shards; pass --overwrite")
+    check_writable(out)  # before any image is read
     rows = read_caption_table(args.captions)
     skips: list[str] = []
     samples = _usable_samples(rows, root, skips)

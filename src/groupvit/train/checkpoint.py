@@ -8,6 +8,7 @@ A training checkpoint is our weights format (:func:`groupvit.save_checkpoint`: `
     optimizer     AdamW state dict          scheduler  {"step": optimizer steps done}
     scaler        GradScaler state or None  rng        one capture_rng_state() per rank
     train_config  the resolved TrainConfig as a dict
+    data          [[path, size], ...] of the shards trained on (a resume on other data is refused)
 
 Files in the output directory: ``latest.pt`` (rewritten every ``ckpt_every`` steps and at each
 epoch end) and ``best.pt`` (a copy of it whenever the configured metric improves). Every write goes
@@ -76,11 +77,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def save_training_checkpoint(
     path: str | os.PathLike[str], model: GroupViT, *, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None, state: TrainState, rng: list[dict[str, Any]], config: dict[str, Any],
+    data: list[list[Any]] | None = None,
 ) -> Path:
     """Write a training checkpoint atomically (see the module docstring for the content).
 
     ``model`` is the bare :class:`GroupViT` (not a DDP wrapper); ``rng`` holds one
-    :func:`capture_rng_state` per rank, in rank order.
+    :func:`capture_rng_state` per rank, in rank order; ``data`` the files trained on
+    (:func:`groupvit.train.data_record.data_record`).
     """
     return save_checkpoint(
         model, path,
@@ -90,6 +93,7 @@ def save_training_checkpoint(
         scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         rng=rng,
         train_config=config,
+        data=data or [],
     )
 
 

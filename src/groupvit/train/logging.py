@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from groupvit.fileio import atomic_path
+from groupvit.errors import StorageError
+from groupvit.fileio import append_line, atomic_path
 
 LOG_FILE = "log.jsonl"
 
@@ -31,7 +33,7 @@ class MetricLogger:
     def __init__(self, directory: str | os.PathLike[str], enabled: bool = True, tensorboard: bool = True) -> None:
         self.path = Path(directory) / LOG_FILE
         self.enabled = enabled
-        self._file = None
+        self._unwritable = False  # set at the first storage fault: one warning, then no more writes
         self._writer = None
         if not enabled:
             return
@@ -64,10 +66,13 @@ class MetricLogger:
         """Write one record (``kind`` is stored as ``"kind"`` and prefixes TensorBoard tags)."""
         if not self.enabled:
             return
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-        self._file.write(json.dumps({"kind": kind, **record}) + "\n")
-        self._file.flush()
+        if not self._unwritable:
+            try:
+                append_line(self.path, json.dumps({"kind": kind, **record}))
+            except StorageError as err:
+                # The run goes on: its next checkpoint write stops it on every rank if the disk stays full.
+                self._unwritable = True
+                warnings.warn(f"{err}; the log stops here, training goes on", stacklevel=2)
         if self._writer is not None:
             step = int(record.get("step", 0))
             for key, value in record.items():
@@ -76,9 +81,6 @@ class MetricLogger:
 
     def close(self) -> None:
         """Flush and close the files."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

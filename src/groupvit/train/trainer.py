@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from groupvit.errors import ConfigError, DivergenceError, InputError, WeightsError
+from groupvit.errors import ConfigError, DivergenceError, InputError, StorageError, WeightsError
+from groupvit.fileio import check_writable
 from groupvit.model import GroupViT
 from groupvit.precision import resolve_precision
 from groupvit.threads import apply_threads
@@ -55,6 +56,7 @@ from groupvit.train.checkpoint import (
     restore_rng_state,
 )
 from groupvit.train.config import TrainConfig, save_config
+from groupvit.train.data_record import check_same_data, data_record
 from groupvit.train.distributed import (
     DistEnv,
     all_gather_object,
@@ -166,6 +168,13 @@ def isolated_rng(device: torch.device) -> Iterator[None]:
         torch.set_rng_state(cpu_state)
         if cuda_state is not None:
             torch.cuda.set_rng_state(cuda_state, device)
+
+
+def _raise_on_any_rank(failure: str | None) -> None:
+    """Raise rank 0's storage ``failure`` on every rank, so that none is left waiting in a collective."""
+    failure = broadcast_object(failure)
+    if failure is not None:
+        raise StorageError(failure)
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -303,9 +312,14 @@ class Trainer:
         cfg, t, env = self.config, self.config.train, self.env
         assert env is not None
         output = Path(t.output)
-        if env.is_main:
-            output.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, output / "config.yaml")
+        failure = None
+        if env.is_main:  # an output folder that cannot be written is found now, before any step
+            try:
+                check_writable(output)
+                save_config(cfg, output / "config.yaml")
+            except StorageError as err:
+                failure = str(err)
+        _raise_on_any_rank(failure)
         ckpt_path = resolve_resume(resume, output)
         ckpt = load_training_checkpoint(ckpt_path) if ckpt_path is not None else None
         state = TrainState(**ckpt["train_state"]) if ckpt is not None else TrainState()
@@ -351,6 +365,9 @@ class Trainer:
 
         total_steps = t.epochs * steps_per_epoch
         end = min(total_steps, t.max_steps) if t.max_steps else total_steps
+        record = data_record(cfg.data.get("sources") or [])
+        if ckpt is not None and state.step < end:
+            check_same_data(ckpt.get("data"), record, str(ckpt_path))
         if env.is_main and ckpt_path is not None:
             print(f"resuming from step {state.step} of {end} ({ckpt_path})" if state.step < end else
                   f"nothing to do: {ckpt_path} is at step {state.step}, the run ends at step {end}", file=sys.stderr)
@@ -388,9 +405,15 @@ class Trainer:
             if best:
                 state.best_metric = float(metrics[str(manager.best_metric)])
             rng = all_gather_object(capture_rng_state())
+            failure = None
             if env.is_main:
-                result.checkpoint = manager.save(model, best=best, optimizer=optimizer, scaler=scaler, state=state,
-                                                 rng=rng, config=cfg.to_dict())
+                try:
+                    result.checkpoint = manager.save(model, best=best, optimizer=optimizer, scaler=scaler,
+                                                     state=state, rng=rng, config=cfg.to_dict(), data=record)
+                except StorageError as err:  # a run that cannot checkpoint stops: hours with nothing saved help nobody
+                    failure = (f"training stopped at step {state.step}: {err}; --resume auto continues from the last "
+                               "checkpoint")
+            _raise_on_any_rank(failure)
 
         def log(epoch: int, batch: int, lr: float, grad_norm: torch.Tensor | None, skipped: int) -> None:
             nonlocal window

@@ -22,7 +22,7 @@ from groupvit.data.synthetic.vocabulary import (
     THING_CLASSES,
 )
 from groupvit.errors import InputError
-from groupvit.fileio import atomic_path
+from groupvit.fileio import atomic_path, check_writable
 from groupvit.segment.visualize import voc_palette
 
 
@@ -36,17 +36,8 @@ def _png_bytes(array: np.ndarray, palette: list[int] | None = None) -> bytes:
 
 
 def _prepare_dir(path: Path) -> Path:
-    """Create ``path`` and check it is writable, else raise InputError."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise InputError(
-            f"cannot write to {path}: {err.strerror or err}; choose a writable directory"
-        ) from err
-    return path
+    """Create ``path`` and check it is writable, else raise :class:`~groupvit.errors.StorageError`."""
+    return check_writable(path)
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
