@@ -343,3 +343,51 @@ def test_training_on_a_real_full_disk(tmp_path, capsys):
             assert torch.equal(final_weights(run)[name], value), name
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_synthetic_shards_export_and_the_page_on_a_full_disk(fake_disk, tmp_path, capsys):
+    fake_disk.free = 50_000
+    shards = fake_disk.root / "synth"
+    assert cli_main(["synth", "train", str(shards), "--num", "64", "--size", "64", "--shard-size", "16",
+                     "--quiet"]) == 3
+    assert "no space left on the device of" in one_error_line(capsys.readouterr().err, "synth")
+    assert leftovers(fake_disk.root) == []
+    for shard in shards.glob("*.tar"):  # the shards that were written are whole
+        with tarfile.open(shard) as tar:
+            assert len(tar.getmembers()) > 0
+    pytest.importorskip("onnxscript", reason="ONNX export needs the onnx extra")
+    model = tmp_path / "tiny.pt"
+    fake_disk.free = None
+    groupvit.save_checkpoint(groupvit.create_model("tiny"), model)
+    fake_disk.free = 10_000
+    assert cli_main(["export", "onnx", "--weights", str(model), "--out", str(fake_disk.root / "onnx")]) == 3
+    assert "no space left on the device of" in one_error_line(capsys.readouterr().err, "export")
+    assert leftovers(fake_disk.root) == []
+
+
+def test_the_page_answers_a_full_disk_with_one_line(fake_disk, tmp_path, capfd):
+    pytest.importorskip("gradio", reason='the page needs Gradio: pip install -e ".[app]"')
+    import gradio as gr
+
+    from groupvit.app import App
+    from groupvit.data.synthetic import SHAPES, SceneGenerator
+
+    app = App("synthetic-small")
+    own = app.files
+    try:
+        image = tmp_path / "scene.png"
+        Image.fromarray(SceneGenerator(image_size=64, seed=2, split="eval-all").sample(0).image).save(image)
+        app.files = fake_disk.root  # the page's per-request files go to the full disk
+        fake_disk.free = 100
+        capfd.readouterr()
+        with pytest.raises(gr.Error) as info:
+            app.handle(str(image), ", ".join(SHAPES), "synthetic-small", True, 0.95, "whole", "none")
+        assert "no space left on the device of" in str(info.value) and "\n" not in str(info.value)
+        printed = capfd.readouterr().err
+        assert printed.count("groupvit app: refused a request: ") == 1 and "Traceback" not in printed
+        fake_disk.free = None
+        overlay = app.handle(str(image), ", ".join(SHAPES), "synthetic-small", True, 0.95, "whole", "none")[0]
+        assert Path(overlay).is_file()
+    finally:
+        app.files = own
+        app.close()

@@ -22,10 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from groupvit.export.onnx import IMAGE_FILE, TEXT_FILE, export_onnx, int8_name
+    from groupvit.fileio import check_writable
     from groupvit.pretrained import DEFAULT_OFFICIAL
     from groupvit.weights import load_pretrained
 
     model = load_pretrained(args.weights or DEFAULT_OFFICIAL).float().eval()
+    check_writable(args.out)  # before the towers are traced
     meta_path = export_onnx(model, args.out, int8=args.int8, opset=args.opset)
     files = [IMAGE_FILE, TEXT_FILE] + ([int8_name(IMAGE_FILE), int8_name(TEXT_FILE)] if args.int8 else [])
     print(f"wrote {', '.join(files)} and {meta_path.name} to {meta_path.parent} (opset {args.opset})")

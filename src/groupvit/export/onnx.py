@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from groupvit.errors import ExportError
-from groupvit.fileio import atomic_path
+from groupvit.fileio import atomic_path, storage_error
 from groupvit.model.groupvit import GroupViT
 
 META_FILE = "groupvit-onnx.json"
@@ -107,6 +107,9 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input
                 verbose=False, report=False,
             )
         except Exception as err:  # the exporter raises many types; one line names the graph and the cause
+            fault = storage_error(err, path)
+            if fault is not None:
+                raise fault from None
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ExportError(f"ONNX export of {path.name} failed: {first}") from err
 
