@@ -2,8 +2,8 @@
 
 Every writer stops with one line and exit status 3, keeps the last good output, leaves no temporary file, and a
 run started again once the fault is gone finishes exactly. A fake disk (files opened for writing under a folder
-share a byte budget; a write beyond it fails with ENOSPC) runs everywhere; a real small tmpfs runs where the tests
-run as root and may mount one (skipped with the reason elsewhere).
+share a byte budget; a write beyond it fails with ENOSPC) runs on Linux; a real small tmpfs runs where the tests
+run as root and may mount one (reported as an expected failure with the reason elsewhere).
 """
 
 from __future__ import annotations
@@ -327,8 +327,8 @@ def test_training_on_a_real_full_disk(tmp_path, capsys):
     size = (reference / "latest.pt").stat().st_size
     disk = tmp_path / "small"
     reason = small_tmpfs(disk, int(1.5 * size) // 4096 * 4096)
-    if reason is not None:
-        pytest.skip(reason)
+    if reason is not None:  # reported as xfail (the fake disk above covers the same path everywhere)
+        pytest.xfail(f"no real small file system here: {reason}")
     try:
         run = disk / "run"
         config = tiny_run(tmp_path, run)
