@@ -387,7 +387,7 @@ def main() -> None:
                           pair_sheet(strips, "ours", "one-stage", images / "ablations-stages.png")) if s]
     doc = Path(args.doc)
     write_report(rows, args, doc, plot_path, sheets)
-    print(f"wrote {doc}, {plot_path}" + "".join(f", {doc.parent / s}" for s in sheets))
+    print(f"wrote {doc}, {plot_path}" + "".join(f", {s}" for s in sheets))
 
 
 if __name__ == "__main__":
