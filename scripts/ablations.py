@@ -45,7 +45,7 @@ from groupvit.segment.segmenter import patch_index_map
 from groupvit.segment.visualize import colorize_groups, contact_sheet, save_png, voc_palette
 from groupvit.train.checkpoint import load_training_checkpoint
 from groupvit.train.config import load_config
-from groupvit.train.trainer import Trainer
+from groupvit.train.trainer import Trainer, amp_settings
 from groupvit.weights import load_pretrained
 
 REPORT_SEED = 2027
@@ -108,7 +108,9 @@ PAPER = """\
 Table 4 (zero-shot baselines on VOC): a ViT scored pixel-wise 20.1, K-means 25.0; GroupViT 52.3. Ours: `plain-vit`.
 """
 
-BUDGET = ("**Budget.** Five epochs (2,340 steps of batch 128, bf16: about 30 minutes per run on 2 cores), the "
+BUDGET = ("**Budget.** Five epochs (2,340 steps of batch 128: about 30 minutes per run on 2 cores with "
+          "avx512_bf16 in bf16, PRECISION_FP32 in float32 on CPUs without native bfloat16; the precision column "
+          "says which each run had), the "
           "schedule that made the bundled model's groups: in its run object groups were named right in 35 % of the "
           "cases at step 1,200, 47 % at 1,500 and 57 % at the end (docs/synthetic-experiments.md), so a shorter "
           "budget would compare the variants before names form. The two data seeds of the recipe itself differ by "
@@ -197,8 +199,10 @@ def finished(run: Path) -> int | None:
     return int(load_training_checkpoint(latest)["train_state"]["step"]) if latest.is_file() else None
 
 
-def train(name: str, seed: int, args: argparse.Namespace) -> Path:
-    """Train (or resume, or skip) one variant on one data seed; returns its output folder."""
+def train(name: str, seed: int, args: argparse.Namespace) -> tuple[Path, str]:
+    """Train (or resume, or skip) one variant on one data seed; returns its output folder and the precision it
+    trains in on this machine (``bf16`` or ``fp32``: ``train.amp: bf16`` falls back to float32 without native
+    bfloat16; the script trains on the CPU)."""
     run = Path(args.out) / f"{name}-seed{seed}"
     overrides = [f"train.epochs={args.epochs}", f"data.seed={seed}", f"train.output={run}",
                  "evaluate.best_metric=null", *args.extra, *VARIANTS[name].overrides]
@@ -207,7 +211,8 @@ def train(name: str, seed: int, args: argparse.Namespace) -> Path:
     config = load_config(args.config, overrides)
     print(f"== {name}, data seed {seed}: {run}", flush=True)
     Trainer(config).fit(resume="auto")
-    return run
+    autocast_on, dtype = amp_settings(config.train.amp, torch.device("cpu"))
+    return run, "bf16" if autocast_on and dtype == torch.bfloat16 else "fp32"
 
 
 def mean(rows: list[dict], name: str, key: str) -> tuple[float, float] | None:
@@ -230,28 +235,32 @@ def verdict(rows: list[dict], winner: str, loser: str, key: str) -> str:
 
 
 def write_report(rows: list[dict], args: argparse.Namespace, doc: Path, plot_path: Path, sheets: list[Path]) -> None:
+    """Write the report of the whole table ``rows`` to ``doc`` (a call for some variants or seeds adds to it)."""
+    seeds = sorted({r["seed"] for r in rows} | set(args.seeds))
+    command = (f"python scripts/ablations.py --epochs {args.epochs} --num {args.num} --seeds "
+               f"{' '.join(map(str, seeds))}" + (f" --quick --out {args.out}" if args.quick else ""))
     lines = ["# The paper's ablations on the synthetic scenes", "",
              "Every variant is `configs/synthetic-affinity.yaml` from scratch with one change, trained for "
              f"{args.epochs} epochs of its schedule ({args.steps_note}) on data seeds "
-             f"{', '.join(map(str, args.seeds))}; "
+             f"{', '.join(map(str, seeds))}; "
              f"scored on {args.num} scenes per split of the report seed {REPORT_SEED} (all colour-shape pairs and "
              "held-out pairs; mIoU over background and six shapes). Made by (runs resume, finished ones are "
-             "skipped):", "", "```bash", args.command, "```", "",
-             f"Runs done: {len(rows)} of {len(VARIANTS) * len(args.seeds)}.", "", BUDGET, "",
+             "skipped):", "", "```bash", command, "```", "",
+             f"Runs done: {len(rows)} of {len(VARIANTS) * len(seeds)}.", "", BUDGET, "",
              "## The paper", "", PAPER, "## Ours, per data seed", ""]
-    header = ["variant", "change", "data seed", *COLUMNS.values()]
+    header = ["variant", "change", "data seed", "precision", *COLUMNS.values()]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name, variant in VARIANTS.items():
         mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["seed"])
         for r in mine:
             cells = [f"{r['metrics'][k]:.1f}" if k in r["metrics"] else "-" for k in COLUMNS]
-            lines.append(f"| `{name}` | {variant.label} | {r['seed']} | " + " | ".join(cells) + " |")
+            lines.append(f"| `{name}` | {variant.label} | {r['seed']} | {r['precision']} | " + " | ".join(cells) + " |")
         means = [mean(rows, name, k) for k in COLUMNS]
         if mine and all(m is not None for m in means[:1]):
             cells = [f"**{m[0]:.1f}**" if m is not None else "-" for m in means]
-            lines.append(f"| `{name}` | mean of the seeds | | " + " | ".join(cells) + " |")
+            lines.append(f"| `{name}` | mean of the seeds | | | " + " | ".join(cells) + " |")
         if not mine:
-            lines.append(f"| `{name}` | {variant.label} | not run yet |" + " |" * len(COLUMNS))
+            lines.append(f"| `{name}` | {variant.label} | not run yet | |" + " |" * len(COLUMNS))
     lines += ["", "The plain ViT has no groups: its oracle column gives each of its 64 patches its best label (the "
               "8 x 8 grid's bound), and it has no object groups to name.", "", "## Verdicts", "",
               "A claim is *reproduced* where the difference of the two seeds' means exceeds the larger spread between "
@@ -350,9 +359,6 @@ def main() -> None:
                         help="256 generated scenes, 2 steps of batch 16 per run, 4 scenes per split: the whole "
                              "pipeline in minutes (writes under --out; the report to OUT/ablations.md)")
     args = parser.parse_args()
-    # The report names the run of every variant (a call for some variants adds to the same table).
-    args.command = (f"python scripts/ablations.py --epochs {args.epochs} --num {args.num} --seeds "
-                    f"{' '.join(map(str, args.seeds))}" + (f" --quick --out {args.out}" if args.quick else ""))
     out = Path(args.out)
     args.extra = []
     args.steps_note = f"{args.epochs * 468:,} steps of batch 128"
@@ -369,7 +375,7 @@ def main() -> None:
             known = next((r for r in rows if (r["variant"], r["seed"]) == (name, seed)), None)
             if known is not None and (known["epochs"], known["num"]) == (args.epochs, args.num):
                 continue  # trained and scored (here or in an earlier session)
-            run = train(name, seed, args)
+            run, precision = train(name, seed, args)
             if not args.quick:  # the log of every run is kept with the report
                 Path(args.logs).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(run / "log.jsonl", Path(args.logs) / f"ablations-{name}-seed{seed}.jsonl")
@@ -378,7 +384,7 @@ def main() -> None:
                 save_strip(picture_rows(run / "latest.pt", 4), strips / f"{name}-seed0.png")
             rows = [r for r in rows if (r["variant"], r["seed"]) != (name, seed)]
             rows.append({"variant": name, "seed": seed, "epochs": args.epochs, "step": finished(run),
-                         "num": args.num, "metrics": score(run / "latest.pt", args.num)})
+                         "num": args.num, "precision": precision, "metrics": score(run / "latest.pt", args.num)})
             table.parent.mkdir(parents=True, exist_ok=True)
             table.write_text(json.dumps(rows, indent=1) + "\n")
     plot_path = images / "ablations.png"

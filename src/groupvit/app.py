@@ -193,12 +193,15 @@ class SegmentationService:
         size = int(self.model(weights).config.vision.image_size)
         return OFFICIAL_SHORT_SIDE if size >= 224 else size
 
+    def page_defaults(self, weights: str) -> dict[str, int]:
+        """The page's own defaults for ``weights``: windows at the model's scale (:meth:`short_side`)."""
+        side = self.short_side(weights)
+        return {"short_side": side, "window": side, "stride": max(1, side // 2)}
+
     def settings(self, weights: str) -> ResolvedSettings:
         """The settings a request with nothing chosen gets: the weights' own (:mod:`groupvit.inference`), else the
-        page's defaults (the model's scale: :meth:`short_side`), else the official protocol."""
-        side = self.short_side(weights)
-        return resolve_settings(model_settings(self.model(weights)), {},
-                                {"short_side": side, "window": side, "stride": max(1, side // 2)})
+        page's defaults (:meth:`page_defaults`), else the official protocol."""
+        return resolve_settings(model_settings(self.model(weights)), {}, self.page_defaults(weights))
 
     def segmenter(
         self, weights: str, classes: str, background: bool, bg_thresh: float | None, mode: str | None,
@@ -212,10 +215,9 @@ class SegmentationService:
         if key in self._segmenters:
             self._segmenters.move_to_end(key)
             return self._segmenters[key]
-        side = self.short_side(weights)
         segmenter = Segmenter(self.model(weights), names, background=background, bg_thresh=threshold, mode=mode,
                               refine=refine, precision=precision, background_rule=background_rule,
-                              defaults={"short_side": side, "window": side, "stride": max(1, side // 2)})
+                              defaults=self.page_defaults(weights))
         self._segmenters[key] = segmenter
         while len(self._segmenters) > CACHED_SEGMENTERS:
             self._segmenters.popitem(last=False)

@@ -83,10 +83,9 @@ def storage_error(
     cause = _os_error(err)
     if cause is None or cause.errno not in (*FULL, *DENIED, *GONE):
         return None
-    named_file = cause.filename if isinstance(cause.filename, str | os.PathLike) else None
-    path = Path(target if target is not None else named_file or Path.cwd() / "?")
-    folder = path.parent
     named = cause.filename if isinstance(cause.filename, str | os.PathLike) else None
+    path = Path(target if target is not None else named or Path.cwd() / "?")
+    folder = path.parent
     if cause.errno not in FULL and named is not None and Path(named) != folder and Path(named).parent != folder:
         return None  # a file read elsewhere is missing or unreadable: not this write's fault
     kept = f"{path.name} keeps its previous content" if path.is_file() else f"nothing was written to {path.name}"
@@ -121,7 +120,7 @@ def check_writable(folder: str | os.PathLike[str]) -> Path:
         if code == errno.EEXIST:  # mkdir of a path that is a file
             code = errno.ENOTDIR
         if code in DENIED or code in GONE:
-            reason = DENIED.get(code) or GONE[code].split(" (")[0]
+            reason = DENIED.get(code) or GONE[code]
             raise StorageError(f"cannot write to {path}: {reason}; choose a folder you can write to") from None
         raise
     return path

@@ -219,6 +219,12 @@ def count_tar_samples(path: str | os.PathLike, report: Report) -> int:
     return count
 
 
+def shard_urls(pattern: str | Sequence[str]) -> list[str]:
+    """Every shard a brace pattern (or a list of them) names, in order, whether it exists or not."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    return [url for item in patterns for url in braceexpand.braceexpand(str(item))]
+
+
 class ShardSource:
     """Webdataset shards named by brace patterns, e.g. ``data/gcc-{000000..000436}.tar``.
 
@@ -232,7 +238,7 @@ class ShardSource:
 
     def __init__(self, pattern: str | Sequence[str], length: int | None = None, report: Report | None = None) -> None:
         patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-        urls = [url for item in patterns for url in braceexpand.braceexpand(str(item))]
+        urls = shard_urls(patterns)
         self.pattern = patterns[0] if len(patterns) == 1 else patterns
         self.shards = [Path(url) for url in urls if Path(url).is_file()]
         self.missing = [url for url in urls if not Path(url).is_file()]

@@ -16,7 +16,7 @@ import os
 import warnings
 from pathlib import Path
 
-from groupvit.fileio import cache_dir
+from groupvit.fileio import append_line, cache_dir
 from groupvit.text.nouns import SpacyTagger, TaggedWords, Tagger
 
 
@@ -80,14 +80,9 @@ class CachedTagger:
         return tags
 
     def _append(self, caption: str, tagged: TaggedWords) -> None:
-        line = (json.dumps([caption, tagged], ensure_ascii=False) + "\n").encode("utf-8")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            append_line(self.path, json.dumps([caption, tagged], ensure_ascii=False))
         except OSError as err:
             self._writable = False
             warnings.warn(f"caption tag cache {self.path} cannot be written ({err}); it is kept in memory only",

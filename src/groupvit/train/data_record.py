@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import braceexpand
-
+from groupvit.data.sources import shard_urls
 from groupvit.errors import ConfigError
 
 LISTED = 3  # changed files named in the message, per kind
@@ -27,8 +26,7 @@ def data_record(sources: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     files: list[Path] = []
     for spec in sources:
         if spec.get("type") == "shards":
-            patterns = [spec["pattern"]] if isinstance(spec["pattern"], str) else list(spec["pattern"])
-            files += [Path(url) for item in patterns for url in braceexpand.braceexpand(str(item))]
+            files += [Path(url) for url in shard_urls(spec["pattern"])]
         elif spec.get("type") == "folder":
             files.append(Path(spec["captions"]))
     return [[str(path), path.stat().st_size] for path in files if path.is_file()]
