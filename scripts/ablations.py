@@ -109,12 +109,13 @@ Table 4 (zero-shot baselines on VOC): a ViT scored pixel-wise 20.1, K-means 25.0
 """
 
 BUDGET = ("**Budget.** Five epochs (2,340 steps of batch 128: about 30 minutes per run on 2 cores with "
-          "avx512_bf16 in bf16, PRECISION_FP32 in float32 on CPUs without native bfloat16; the precision column "
-          "says which each run had), the "
-          "schedule that made the bundled model's groups: in its run object groups were named right in 35 % of the "
+          "avx512_bf16 in bf16, about 55 in float32 on a 2-core AVX2 host without native bfloat16; the precision "
+          "column says which each run had), the schedule that made the bundled model's groups: in its run object "
+          "groups were named right in 35 % of the "
           "cases at step 1,200, 47 % at 1,500 and 57 % at the end (docs/synthetic-experiments.md), so a shorter "
           "budget would compare the variants before names form. The two data seeds of the recipe itself differ by "
-          "5 mIoU: single runs sit on a knife edge, hence the rule of the verdicts below.")
+          "5 mIoU: single runs sit on a knife edge, hence the rule of the verdicts below. Where a variant's two "
+          "seeds ran in different precisions, that difference is part of the seed spread the verdicts use.")
 
 # (claim, variant that should win, variant it should beat, metric key)
 CLAIMS = [
