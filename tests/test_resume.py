@@ -86,14 +86,17 @@ def _env() -> dict[str, str]:
 
 
 def _config(path: Path, shards: str, output: Path, marker: Path, seconds: float = 600) -> Path:
+    # One intra-op thread, pinned: the reference and the interrupted run start side by side, and each would
+    # otherwise choose its count from the load it sees at start, and sums over other thread counts differ in bits.
     config = {
         "model": {"preset": "tiny", "vision": {"drop_path_rate": 0.1}},
         # 32 samples, 4 per batch, 2 batches per optimizer step: 4 steps per epoch, 8 in all.
         "data": {"sources": [{"type": "shards", "pattern": shards}], "batch_size": 4, "num_workers": 1,
                  "tagger": "simple", "shuffle_buffer": 16, "seed": 5},
         "train": {"epochs": 2, "warmup_epochs": 1, "base_lr": 2.0, "warmup_lr": 0.01, "min_lr": 0.1,
-                  "accumulation_steps": 2, "amp": "none", "device": "cpu", "log_every": 1, "ckpt_every": 2,
-                  "eval_every": 1, "seed": 7, "output": str(output), "tensorboard": False, "progress": False},
+                  "accumulation_steps": 2, "amp": "none", "device": "cpu", "threads": 1, "log_every": 1,
+                  "ckpt_every": 2, "eval_every": 1, "seed": 7, "output": str(output), "tensorboard": False,
+                  "progress": False},
         "evaluate": {"hooks": [{"target": "test_resume:blocking_hook", "marker": str(marker), "at_step": 3,
                                 "seconds": seconds}]},
     }
