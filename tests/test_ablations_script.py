@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from groupvit.precision import bf16_native
@@ -40,6 +41,16 @@ def test_a_claim_is_reproduced_only_beyond_the_seed_spread():
     assert verdict(rows({"a": (30, 31)}) + rows({"b": (35, 36)})[:1], "a", "b", "mutual_all") == "not run yet"
 
 
+def test_the_largest_group_gives_the_label_most_of_its_pixels_carry():
+    ablations = load_script()
+    # group 0 has 5 pixels (labels 0, 0, 0, 2, 2), group 1 has 3 (labels 2, 2, 1)
+    groups = np.array([[0, 0, 0, 1], [0, 0, 1, 1]])
+    labels = np.array([[0, 0, 2, 2], [2, 0, 2, 1]])
+    assert ablations.largest_group_label(groups, labels) == 0
+    labels[0, 0] = labels[0, 1] = 3  # now 3, 3, 0, 2, 2 in group 0: a tie of two, the smaller label wins
+    assert ablations.largest_group_label(groups, labels) == 2
+
+
 def test_quick_mode_runs_every_variant_and_writes_the_report(tmp_path):
     out = tmp_path / "ablations"
     subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], check=True, cwd=ROOT,
@@ -64,5 +75,9 @@ def test_quick_mode_runs_every_variant_and_writes_the_report(tmp_path):
     # A second call trains and scores nothing again.
     before = (out / "ablations.json").read_text()
     subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--variants", "faithful"],
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    assert (out / "ablations.json").read_text() == before
+    # Scoring the finished runs again from their checkpoints gives the same numbers.
+    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--variants", "ours", "--rescore"],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     assert (out / "ablations.json").read_text() == before
