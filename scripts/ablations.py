@@ -203,10 +203,9 @@ def score(weights: Path, num: int) -> dict[str, float]:
 def largest_group_label(groups: np.ndarray, labels: np.ndarray) -> int:
     """The label most pixels of the image's largest group carry (``groups``, ``labels``: ``[H, W]``); in a scene
     of a few shapes on a background that group is the background, so a label other than 0 means the background
-    took a shape's name."""
+    took a shape's name. Ties go to the smaller label, as in :func:`group_oracle_labels`, which casts the votes."""
     ids, counts = np.unique(groups, return_counts=True)
-    values, votes = np.unique(labels[groups == ids[counts.argmax()]], return_counts=True)
-    return int(values[votes.argmax()])
+    return int(group_oracle_labels(groups, labels)[groups == ids[counts.argmax()]][0])
 
 
 def final_groups(model, result, shape: tuple[int, int]) -> np.ndarray:
