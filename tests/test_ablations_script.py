@@ -77,7 +77,10 @@ def test_quick_mode_runs_every_variant_and_writes_the_report(tmp_path):
     subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--variants", "faithful"],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     assert (out / "ablations.json").read_text() == before
-    # Scoring the finished runs again from their checkpoints gives the same numbers.
+    # Scoring the finished runs again from their checkpoints gives the same numbers (a spoilt score comes back).
+    spoilt = json.loads(before)
+    next(r for r in spoilt if (r["variant"], r["seed"]) == ("ours", 0))["metrics"]["mutual_all"] = -1.0
+    (out / "ablations.json").write_text(json.dumps(spoilt, indent=1) + "\n")
     subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--variants", "ours", "--rescore"],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     assert (out / "ablations.json").read_text() == before
