@@ -104,9 +104,11 @@ def _config(path: Path, shards: str, output: Path, marker: Path, seconds: float 
     return path
 
 
-def _train(config: Path, *extra: str) -> subprocess.Popen:
+def _train(config: Path, *extra: str, own_group: bool = False) -> subprocess.Popen:
+    """``groupvit train`` as a child process; ``own_group``: in a process group of its own (with its workers)."""
     return subprocess.Popen([sys.executable, "-c", LAUNCH, "train", "--config", str(config), *extra],
-                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=own_group)
 
 
 def _finish(proc: subprocess.Popen) -> None:
@@ -162,8 +164,11 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     assert torch.equal(model.logit_scale, expected["model"]["logit_scale"])
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_checkpoints_the_current_step_and_the_resume_is_exact(tmp_path, signum):
+# "group": the signal reaches the loader worker too, as Ctrl-C in a terminal or `kill -- -PGID` (a job scheduler's
+# cancel) send it; the worker must leave the stop to the main process instead of dying of it.
+@pytest.mark.parametrize(("signum", "target"), [(signal.SIGTERM, "process"), (signal.SIGTERM, "group"),
+                                                (signal.SIGINT, "group")])
+def test_a_stop_signal_checkpoints_the_current_step_and_the_resume_is_exact(tmp_path, signum, target):
     reference_out, resumed_out = tmp_path / "reference", tmp_path / "resumed"
     done = tmp_path / "never-block"
     done.write_text("")
@@ -171,13 +176,16 @@ def test_a_stop_signal_checkpoints_the_current_step_and_the_resume_is_exact(tmp_
     shards = write_caption_shards(tmp_path / "shards", 32)
     reference = _train(_config(tmp_path / "reference.yaml", shards, reference_out, done))
     config = _config(tmp_path / "stopped.yaml", shards, resumed_out, marker, seconds=2)
-    stopped = _train(config)
+    stopped = _train(config, own_group=True)
     deadline = time.monotonic() + 600
     while not marker.exists():
         assert stopped.poll() is None, stopped.communicate()[0]
         assert time.monotonic() < deadline, "training never reached step 3"
         time.sleep(0.05)
-    stopped.send_signal(signum)
+    if target == "group":
+        os.killpg(stopped.pid, signum)
+    else:
+        stopped.send_signal(signum)
     out, _ = stopped.communicate(timeout=300)
     assert stopped.returncode == 128 + signum, out
     assert f"stopped by {signal.Signals(signum).name} at step 3" in out and "--resume auto" in out

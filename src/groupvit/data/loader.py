@@ -43,6 +43,7 @@ import itertools
 import logging
 import os
 import random
+import signal
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -309,9 +310,17 @@ class EpochStream(IterableDataset):
         }
 
 
-def _lower_priority(nice: int, worker: int) -> None:
-    """Worker start-up: add ``nice`` to the worker process's niceness."""
-    os.nice(nice)
+def _start_worker(nice: int, worker: int) -> None:
+    """Worker start-up: leave SIGINT and SIGTERM to the main process and add ``nice`` to the niceness.
+
+    Ctrl-C in a terminal and ``kill -- -PGID`` signal the whole process group; a worker that died of them would
+    end the run with "DataLoader worker exited unexpectedly" instead of the main process's graceful stop, which
+    finishes the step, checkpoints it and then shuts the workers down itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
 
 
 class TrainLoader:
@@ -353,7 +362,7 @@ class TrainLoader:
         workers = self.dataset.cfg.num_workers
         nice = self.dataset.cfg.worker_nice
         loader = DataLoader(self.dataset, batch_size=None, num_workers=workers, persistent_workers=False,
-                            worker_init_fn=partial(_lower_priority, nice) if workers and nice else None)
+                            worker_init_fn=partial(_start_worker, nice) if workers else None)
         for batch in loader:
             self.skipped += batch["skipped"]
             self._note(batch["problems"])
