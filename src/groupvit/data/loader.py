@@ -314,8 +314,8 @@ def _start_worker(nice: int, worker: int) -> None:
     """Worker start-up: leave SIGINT and SIGTERM to the main process and add ``nice`` to the niceness.
 
     Ctrl-C in a terminal and ``kill -- -PGID`` signal the whole process group; a worker that died of them would
-    end the run with "DataLoader worker exited unexpectedly" instead of the main process's graceful stop, which
-    finishes the step, checkpoints it and then shuts the workers down itself.
+    end the run with "DataLoader worker (pid N) is killed by signal" instead of the main process's graceful stop,
+    which finishes the step, checkpoints it and then shuts the workers down itself.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
